@@ -1,0 +1,34 @@
+# cryptfs: `make demo` runs the device end to end, `make test` runs the test suite.
+# Both install what is missing first: Debian packages (as root, or with sudo) and a .venv.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+APT    := fuse3 libfuse3-dev pkg-config fio qemu-utils cryptsetup-bin util-linux
+SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+.PHONY: deps system demo test clean
+
+deps: system $(VENV)/.installed
+
+system:
+	@missing=$$(for p in $(APT); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		$(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+demo: deps
+	$(PY) examples/demo.py
+
+test: deps
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache *.egg-info

@@ -1,0 +1,276 @@
+"""``cryptfs``: open, close and inspect encrypted devices — cryptsetup-shaped.
+
+Every failure a user can cause prints one line, ``cryptfs: <what is wrong>``, and exits with
+the error's code (1 bad parameters, 2 bad key material, 4 bad image or mountpoint, 5 busy);
+``--debug`` adds the traceback.  Secrets are never accepted on the command line.
+"""
+
+import argparse
+import errno
+import json
+import logging
+import os
+import sys
+
+from . import __version__
+from .config import Config, load
+from .errors import BusyError, CryptfsError, MountError
+from .mounts import mount_type
+
+log = logging.getLogger("cryptfs")
+FSTYPE = "fuse.cryptfs"
+
+# flag → (config section, key): the options that mirror config keys
+_OVERRIDES = {
+    "type": ("device", "type"), "offset": ("device", "offset"), "skip": ("device", "skip"),
+    "read_only": ("device", "read_only"), "allow_discards": ("device", "allow_discards"),
+    "cipher": ("crypto", "cipher"), "key_size": ("crypto", "key_size"),
+    "key_file": ("crypto", "key_file"), "hash": ("crypto", "hash"),
+    "sector_size": ("crypto", "sector_size"), "iv_large_sectors": ("crypto", "iv_large_sectors"),
+    "backend": ("backend", "name"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cryptfs", description=(
+        "A userspace dm-crypt: mount an encrypted image as a decrypted device file."))
+    parser.add_argument("--version", action="version", version=f"cryptfs {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("open", parents=[common], help="mount IMAGE's device at MOUNTPOINT",
+                       description="Mount IMAGE's decrypted device as MOUNTPOINT/device.")
+    p.add_argument("image")
+    p.add_argument("mountpoint")
+    p.add_argument("--config", metavar="FILE", help="TOML config; flags override it")
+    p.add_argument("--type", help="image format: plain")
+    p.add_argument("-c", "--cipher", help="cipher spec (default aes-xts-plain64)")
+    p.add_argument("-s", "--key-size", type=int, metavar="BITS", help="key size in bits")
+    p.add_argument("-d", "--key-file", metavar="FILE",
+                   help="read the key from FILE ('-': stdin); otherwise ask for a passphrase")
+    p.add_argument("--hash", help="passphrase hash for plain mode (default sha256)")
+    p.add_argument("-o", "--offset", type=int, metavar="SECTORS",
+                   help="payload start in the image, 512-byte sectors")
+    p.add_argument("-p", "--skip", type=int, metavar="SECTORS",
+                   help="IV offset, 512-byte sectors")
+    p.add_argument("--sector-size", type=int, metavar="BYTES", help="512..4096, power of two")
+    p.add_argument("--iv-large-sectors", action="store_const", const=True,
+                   help="IVs count sector-size units instead of 512-byte sectors")
+    p.add_argument("-r", "--read-only", action="store_const", const=True)
+    p.add_argument("--allow-discards", action="store_const", const=True,
+                   help="punch the ciphertext on discard")
+    p.add_argument("--backend", help="crypto backend (default software)")
+    p.add_argument("-f", "--foreground", action="store_true",
+                   help="stay attached and log to stderr")
+    p.add_argument("--log-file", metavar="FILE", help="where the daemon logs once detached")
+    p.set_defaults(run=cmd_open)
+
+    p = sub.add_parser("close", parents=[common], help="flush and unmount MOUNTPOINT")
+    p.add_argument("mountpoint")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="how long to wait for the daemon to flush and exit")
+    p.set_defaults(run=cmd_close)
+
+    p = sub.add_parser("status", parents=[common], help="show an open device and its counters")
+    p.add_argument("mountpoint")
+    p.add_argument("--json", action="store_true", help="the raw JSON of MOUNTPOINT/stats")
+    p.set_defaults(run=cmd_status)
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Config:
+    config = load(args.config)
+    for flag, (section, key) in _OVERRIDES.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            config.set(section, key, value, origin="--" + flag.replace("_", "-"))
+    return config
+
+
+def _check_mountpoint(path: str) -> str:
+    path = os.path.abspath(path)
+    if mount_type(path) is not None:
+        raise BusyError(f"mountpoint {path} is busy: something is mounted there already")
+    if not os.path.isdir(path):
+        raise MountError(f"mountpoint {path} does not exist or is not a directory")
+    return path
+
+
+def cmd_open(args: argparse.Namespace) -> int:
+    # Imported here so `close` and `status` do not pay for FUSE, trio and the ciphers.
+    from .daemon import Daemon
+    from .formats import open_volume
+    from .image import Image
+    from .volume import KeySource
+
+    config = _config(args)
+    mountpoint = _check_mountpoint(args.mountpoint)
+    image = Image(args.image, read_only=config.device.read_only)
+    keys = KeySource(config.crypto.key_file)
+    try:
+        volume = open_volume(image, config, keys)
+        try:
+            daemon = Daemon(volume, image, config)
+        except BaseException:
+            volume.close()
+            raise
+    except BaseException:
+        image.close()
+        raise
+    finally:
+        keys.wipe()
+    if args.foreground:
+        return _run(daemon, mountpoint, ready=lambda: None)
+    return _detach(daemon, mountpoint, args.log_file)
+
+
+def _run(daemon, mountpoint: str, ready) -> int:
+    import trio
+
+    from .daemon import serve
+    trio.run(serve, daemon, mountpoint, ready)
+    return 0
+
+
+def _detach(daemon, mountpoint: str, log_file: str | None) -> int:
+    """Fork the daemon; return once it reports the device ready (or print why it is not)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            message = pipe.read().decode(errors="replace")
+        if message == "ready":
+            return 0
+        os.waitpid(pid, 0)
+        raise MountError(message or f"the daemon exited before {mountpoint}/device was ready")
+    # the daemon
+    os.close(read_end)
+    os.setsid()
+    status, reported = 1, False
+
+    def ready():
+        nonlocal reported
+        _redirect_output(log_file)
+        os.write(write_end, b"ready")
+        os.close(write_end)
+        reported = True
+
+    try:
+        status = _run(daemon, mountpoint, ready)
+    except BaseException as e:
+        log.exception("daemon failed")
+        if not reported:        # the parent is still waiting: it prints this line
+            os.write(write_end, f"mounting at {mountpoint} failed: {e}".encode())
+    finally:
+        os._exit(status)
+
+
+def _redirect_output(log_file: str | None) -> None:
+    """Detach stdio from the terminal; keep logging only if a log file was asked for."""
+    target = os.open(log_file or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(target, 1)
+    os.dup2(target, 2)
+    os.close(null)
+    os.close(target)
+
+
+def _mounted(path: str) -> str:
+    path = os.path.abspath(path)
+    kind = mount_type(path)
+    if kind is None:
+        raise MountError(f"{path} is not mounted")
+    if kind != FSTYPE:
+        raise MountError(f"{path} is not a cryptfs mount (it is {kind})")
+    return path
+
+
+def _read_status(mountpoint: str) -> dict | None:
+    """The daemon's status, or None if its process is gone (a dead mount)."""
+    try:
+        with open(os.path.join(mountpoint, "stats"), "rb") as f:
+            return json.load(f)
+    except OSError as e:
+        if e.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.ENODEV):    # no daemon
+            return None
+        raise MountError(f"cannot read {mountpoint}/stats: {e.strerror}") from None
+
+
+def cmd_close(args: argparse.Namespace) -> int:
+    from .unmount import unmount, wait_exit
+    mountpoint = _mounted(args.mountpoint)
+    status = _read_status(mountpoint)
+    if status is None:
+        unmount(mountpoint, lazy=True)
+        print(f"cleaned up {mountpoint}: its daemon had died", file=sys.stderr)
+        return 0
+    unmount(mountpoint, lazy=False)
+    if not wait_exit(status["pid"], args.timeout):
+        raise BusyError(f"unmounted {mountpoint}, but daemon {status['pid']} did not exit "
+                        f"within {args.timeout:g} s")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    mountpoint = _mounted(args.mountpoint)
+    status = _read_status(mountpoint)
+    if status is None:
+        raise MountError(f"{mountpoint}: the daemon is gone (dead mount); "
+                         f"run 'cryptfs close {args.mountpoint}'")
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(format_status(mountpoint, status))
+    return 0
+
+
+def format_status(mountpoint: str, s: dict) -> str:
+    lines = [
+        f"{mountpoint}/device is active{' (read-only)' if s['read_only'] else ''}.",
+        f"  type:        {s['type']}",
+        f"  cipher:      {s['cipher']}",
+        f"  keysize:     {s['key_bits']} bits",
+        f"  image:       {s['image']}",
+        f"  offset:      {s['payload_offset'] // 512} sectors",
+        f"  size:        {s['size'] // 512} sectors ({s['size']} bytes)",
+        f"  sector size: {s['sector_size']}"
+        f"{' (iv_large_sectors)' if s['iv_large_sectors'] else ''}",
+        f"  backend:     {s['backend']} ({s['crypto_path']}; reads {s['reads']}, "
+        f"writes {s['writes']}, queue depth {s['queue_depth']})",
+        f"  discards:    {_discard_state(s)}",
+        f"  daemon pid:  {s['pid']}",
+        "  counters:",
+    ]
+    counters = {**s["counters"], **{f"backend.{k}": v for k, v in s["backend_stats"].items()}}
+    width = max(map(len, counters), default=0)
+    lines += [f"    {k:<{width}}  {v}" for k, v in sorted(counters.items())]
+    return "\n".join(lines)
+
+
+def _discard_state(s: dict) -> str:
+    if not s["allow_discards"]:
+        return "off"
+    return "on" if s["discard_available"] else "on, but unavailable (pyfuse3 fallocate hook failed)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(asctime)s cryptfs[%(process)d] %(levelname)s %(name)s: "
+                               "%(message)s")
+    try:
+        return args.run(args)
+    except CryptfsError as e:
+        if args.debug:
+            log.exception("failed")
+        print(f"cryptfs: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

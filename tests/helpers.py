@@ -1,0 +1,164 @@
+"""Test helpers: tool detection, the CLI, mounts, the oracles (qemu-img, cryptsetup), and an
+in-process device."""
+
+import contextlib
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSPHRASE = "correct horse battery staple"
+
+
+def have(tool: str) -> bool:
+    return shutil.which(tool) is not None
+
+
+def fuse_usable() -> str | None:
+    """None if FUSE mounts work here, else why not."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing"
+    if os.geteuid() != 0 and not have("fusermount3"):
+        return "not root and no fusermount3"
+    return None
+
+
+needs_fuse = pytest.mark.skipif(fuse_usable() is not None, reason=str(fuse_usable()))
+
+
+def needs(*tools: str):
+    missing = [t for t in tools if not have(t)]
+    return pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)}")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_random(path: Path, size: int, seed: int = 0) -> bytes:
+    import random
+    data = random.Random(seed).randbytes(size)
+    Path(path).write_bytes(data)
+    return data
+
+
+def cryptfs(*args: str, input: bytes | None = None, check: bool = False,
+            timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the CLI as a user would: a separate process, bytes in, text out."""
+    result = subprocess.run([sys.executable, "-m", "cryptfs", *map(str, args)], input=input,
+                            capture_output=True, timeout=timeout, cwd=ROOT)
+    result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
+    if check and result.returncode:
+        raise AssertionError(f"cryptfs {' '.join(map(str, args))} failed "
+                             f"({result.returncode}): {result.stderr}")
+    return result
+
+
+def force_unmount(mountpoint: Path) -> None:
+    subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
+
+
+@contextlib.contextmanager
+def mounted(image: Path, mountpoint: Path, *options: str, input: bytes | None = None):
+    """``cryptfs open`` for the duration of a with-block; always taken down afterwards."""
+    mountpoint.mkdir(exist_ok=True)
+    cryptfs("open", image, mountpoint, *options, input=input, check=True)
+    try:
+        yield mountpoint
+    finally:
+        result = cryptfs("close", mountpoint)
+        if result.returncode:
+            force_unmount(mountpoint)
+            time.sleep(0.2)
+            raise AssertionError(f"cryptfs close failed: {result.stderr}")
+
+
+def qemu_img(*args: str) -> None:
+    """qemu-img, retried: its PBKDF timing now and then fails ("Unable to get accurate CPU
+    usage") on a busy machine."""
+    for attempt in range(5):
+        result = subprocess.run(["qemu-img", *args], capture_output=True, text=True)
+        if result.returncode == 0:
+            return
+        if "accurate CPU usage" not in result.stderr:
+            break
+    raise AssertionError(f"qemu-img {' '.join(args)}: {result.stderr}")
+
+
+def qemu_luks_encrypt(plain: Path, image: Path, passphrase: str = PASSPHRASE,
+                      cipher_alg: str = "aes-256", cipher_mode: str = "xts",
+                      ivgen_alg: str = "plain64", ivgen_hash: str | None = None) -> None:
+    opts = (f"key-secret=s0,iter-time=10,cipher-alg={cipher_alg},cipher-mode={cipher_mode},"
+            f"ivgen-alg={ivgen_alg}")
+    if ivgen_hash:
+        opts += f",ivgen-hash-alg={ivgen_hash}"
+    qemu_img("convert", "-f", "raw", "-O", "luks", "--object",
+             f"secret,id=s0,data={passphrase}", "-o", opts, str(plain), str(image))
+
+
+def qemu_luks_decrypt(image: Path, out: Path, passphrase: str = PASSPHRASE) -> bytes:
+    qemu_img("convert", "--object", f"secret,id=s0,data={passphrase}", "--image-opts",
+             f"driver=luks,key-secret=s0,file.filename={image}", "-O", "raw", str(out))
+    return out.read_bytes()
+
+
+def luks_volume_key(image: Path, passphrase: str = PASSPHRASE,
+                    header: Path | None = None) -> tuple[bytes, int]:
+    """(volume key, payload offset in 512-byte sectors) as cryptsetup reports them."""
+    cmd = ["cryptsetup", "luksDump", "--dump-volume-key", "--batch-mode", "--key-file", "-"]
+    result = subprocess.run(cmd + [str(header or image)], input=passphrase.encode(),
+                            capture_output=True, check=True)
+    text = result.stdout.decode()
+    lines = text.splitlines()
+    key_hex, grab, offset = "", False, None
+    for line in lines:
+        if line.startswith(("MK dump:", "Volume key:")):
+            grab = True
+            line = line.split(":", 1)[1]
+        elif grab and not line.startswith(("\t", " ")):
+            grab = False
+        if grab:
+            key_hex += "".join(line.split())
+        if line.startswith("Payload offset:"):
+            offset = int(line.split(":")[1])
+    if offset is None:          # LUKS2 prints the data segment offset with plain luksDump
+        dump = subprocess.run(["cryptsetup", "luksDump", str(header or image)],
+                              capture_output=True, text=True, check=True).stdout
+        for line in dump.splitlines():
+            if line.strip().startswith("offset:") and "[bytes]" in line:
+                offset = int(line.split(":")[1].split()[0]) // 512
+                break
+    return bytes.fromhex(key_hex), offset
+
+
+def open_plain(image: Path, key: bytes, *, cipher: str = "aes-xts-plain64", offset: int = 0,
+               sector_size: int = 512, backend: str = "software", **settings):
+    """An in-process device (no FUSE) over ``image`` in plain mode: a cryptfs Daemon whose
+    ``.device`` takes reads and writes.  ``settings`` are config keys of any section."""
+    from cryptfs.config import SECTIONS, Config
+    from cryptfs.daemon import Daemon
+    from cryptfs.formats import open_volume
+    from cryptfs.image import Image
+    from cryptfs.volume import KeySource
+
+    key_path = Path(image).with_suffix(".key")
+    key_path.write_bytes(key)
+    config = Config()
+    config.set("crypto", "key_file", str(key_path))
+    config.set("crypto", "cipher", cipher)
+    config.set("crypto", "key_size", len(key) * 8)
+    config.set("crypto", "sector_size", sector_size)
+    config.set("device", "offset", offset)
+    config.set("backend", "name", backend)
+    for name, value in settings.items():
+        section = next(s for s, cls in SECTIONS.items() if name in cls.__dataclass_fields__)
+        config.set(section, name, value)
+    img = Image(str(image), read_only=config.device.read_only)
+    volume = open_volume(img, config, KeySource(str(key_path)))
+    return Daemon(volume, img, config)

@@ -1,0 +1,93 @@
+"""Config: the reference, and one clear line for every kind of mistake."""
+
+import pytest
+
+from cryptfs.config import Config, backend_options, load, reference
+from cryptfs.errors import ConfigError
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_without_a_file():
+    c = load(None)
+    assert (c.crypto.cipher, c.crypto.sector_size, c.backend.name) == ("aes-xts-plain64", 512,
+                                                                        "software")
+
+
+def test_a_full_file_is_read(tmp_path):
+    c = load(write(tmp_path, """
+[device]
+offset = 8
+read_only = true
+[crypto]
+cipher = "aes-cbc-essiv:sha256"
+key_size = 256
+sector_size = 4096
+iv_large_sectors = true
+[pipeline]
+queue_depth = 8
+no_write_workqueue = false
+[backend]
+name = "software"
+"""))
+    assert c.device.offset == 8 and c.device.read_only
+    assert c.crypto.sector_size == 4096 and c.crypto.iv_large_sectors
+    assert c.pipeline.queue_depth == 8 and not c.pipeline.no_write_workqueue
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[crypto]\nciphr = 'x'", "config: unknown key [crypto] ciphr (known in [crypto]: cipher,"),
+    ("[cryto]\ncipher = 'x'", "config: unknown section [cryto]"),
+    ("[crypto]\nsector_size = '4096'", "config: [crypto] sector_size must be an integer, got "
+                                       "string '4096'"),
+    ("[crypto]\nsector_size = 1000", "config: [crypto] sector_size must be a power of two "
+                                     "between 512 and 4096, got 1000"),
+    ("[device]\nread_only = 1", "config: [device] read_only must be a boolean, got integer 1"),
+    ("[pipeline]\nqueue_depth = 0", "config: [pipeline] queue_depth must be between 1 and 4096"),
+    ("[device]\ntype = 'zfs'", "config: [device] type must be one of plain"),
+    ("[device\n", "is not valid TOML"),
+    ("device = 3", "config: [device] must be a table"),
+])
+def test_mistakes_get_one_line_naming_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError) as e:
+        load(write(tmp_path, text))
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(str(tmp_path / "nope.toml"))
+
+
+def test_cli_override_is_checked_and_named_as_the_flag():
+    c = Config()
+    c.set("crypto", "sector_size", 4096, origin="--sector-size")
+    assert c.crypto.sector_size == 4096
+    with pytest.raises(ConfigError, match="--sector-size must be a power of two"):
+        c.set("crypto", "sector_size", 1536, origin="--sector-size")
+
+
+def test_backend_options_are_checked_against_the_backend(tmp_path):
+    c = load(write(tmp_path, "[backend]\nname = 'software'\n[backend.software]\nspeed = 3\n"))
+    with pytest.raises(ConfigError, match=r"unknown key \[backend.software\] speed"):
+        backend_options(c, {})
+    c = load(write(tmp_path, "[backend]\nname = 'software'\n[backend.engine]\nx = 1\n"))
+    with pytest.raises(ConfigError, match=r"\[backend.engine\] given but the backend is"):
+        backend_options(c, {})
+    declared = {"depth": (int, 4, None, "slots")}
+    c = load(write(tmp_path, "[backend.software]\ndepth = 'deep'\n"))
+    with pytest.raises(ConfigError, match="depth must be an integer"):
+        backend_options(c, declared)
+    assert backend_options(load(None), declared) == {"depth": 4}
+
+
+def test_reference_lists_every_key():
+    text = reference()
+    for key in ("[device] offset", "[crypto] iv_large_sectors", "[pipeline] no_read_workqueue",
+                "[backend] name"):
+        assert key in text

@@ -1,0 +1,237 @@
+"""The mounted device through the kernel: the CLI, unaligned I/O, fio --verify, discard,
+read-only, fsync, status, close (busy and dead mounts), and qemu-img on the other side."""
+
+import ctypes
+import errno
+import json
+import os
+import random
+import signal
+import stat
+import subprocess
+import time
+
+import pytest
+
+from cryptfs.mounts import mount_type
+from helpers import (
+    cryptfs,
+    luks_volume_key,
+    mounted,
+    needs,
+    needs_fuse,
+    open_plain,
+    qemu_luks_decrypt,
+    qemu_luks_encrypt,
+    sha256,
+)
+
+pytestmark = needs_fuse
+KEY = bytes(range(7, 71))
+
+
+@pytest.fixture
+def volume(tmp_path):
+    """A 32 MiB zeroed image and a raw 512-bit key file."""
+    image, key = tmp_path / "image", tmp_path / "key"
+    image.write_bytes(bytes(32 << 20))
+    key.write_bytes(KEY)
+    return image, key, tmp_path / "mnt"
+
+
+def status(mnt) -> dict:
+    with open(mnt / "stats") as f:
+        return json.load(f)
+
+
+def test_unaligned_io_survives_close_and_reopen(volume):
+    image, key, mnt = volume
+    rng = random.Random(5)
+    model = {}
+    with mounted(image, mnt, "--key-file", key):
+        dev = mnt / "device"
+        st = os.stat(dev)
+        assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == os.getuid()
+        assert st.st_size == 32 << 20
+        fd = os.open(dev, os.O_RDWR)
+        try:
+            for off, length in [(100, 1536), (2047, 2), (4095, 8193), (1 << 20, 512),
+                                ((32 << 20) - 10, 10)]:
+                data = rng.randbytes(length)
+                assert os.pwrite(fd, data, off) == length
+                model[off] = data
+            for off, data in model.items():
+                assert os.pread(fd, len(data), off) == data
+            assert os.pread(fd, 100, 32 << 20) == b""          # end of device
+        finally:
+            os.close(fd)
+    with mounted(image, mnt, "--key-file", key):
+        fd = os.open(mnt / "device", os.O_RDONLY)
+        try:
+            for off, data in model.items():
+                assert os.pread(fd, len(data), off) == data
+        finally:
+            os.close(fd)
+
+
+@needs("fio")
+@pytest.mark.parametrize("sector_size", [512, 4096])
+def test_fio_verify_crc32c_four_jobs_random(volume, sector_size):
+    image, key, mnt = volume
+    with mounted(image, mnt, "--key-file", key, "--sector-size", str(sector_size)):
+        result = subprocess.run([
+            "fio", "--name=verify", f"--filename={mnt}/device", "--rw=randwrite",
+            "--bsrange=512-64k", "--bs_unaligned=1" if sector_size == 512 else "--bs=4k",
+            "--numjobs=4", "--size=6M", "--offset_increment=8M", "--verify=crc32c",
+            "--verify_fatal=1", "--do_verify=1", "--direct=1", "--ioengine=psync",
+            "--group_reporting", "--output-format=json", "--verify_state_save=0"],
+            capture_output=True, text=True, timeout=600, cwd=mnt.parent)
+        assert result.returncode == 0, result.stderr + result.stdout[-2000:]
+        report = json.loads(result.stdout[result.stdout.index("{"):])
+        job = report["jobs"][0]
+        assert job["error"] == 0
+        assert job["write"]["io_bytes"] >= 0.9 * 4 * (6 << 20)
+        assert job["read"]["io_bytes"] == job["write"]["io_bytes"]   # verify read it all back
+
+
+def test_discard_punches_the_ciphertext(volume):
+    image, key, mnt = volume
+    with mounted(image, mnt, "--key-file", key, "--allow-discards"):
+        dev = mnt / "device"
+        with open(dev, "r+b", buffering=0) as f:
+            f.write(b"\xff" * (1 << 20))
+        os.sync()
+        assert image.read_bytes()[4096:8192] != bytes(4096)
+        subprocess.run(["fallocate", "--punch-hole", "--offset", "4096", "--length", "8192",
+                        str(dev)], check=True)
+        s = status(mnt)
+        assert s["discard_available"] and s["counters"]["discards"] == 1
+    data = image.read_bytes()
+    assert data[4096:12288] == bytes(8192)
+    assert data[:4096] != bytes(4096) and data[12288:16384] != bytes(4096)
+
+
+def test_discard_without_allow_discards_is_not_supported(volume):
+    image, key, mnt = volume
+    with mounted(image, mnt, "--key-file", key):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        fd = os.open(mnt / "device", os.O_RDWR)
+        try:
+            assert libc.fallocate(fd, 0x03, 0, 4096) == -1     # PUNCH_HOLE | KEEP_SIZE
+            assert ctypes.get_errno() == errno.EOPNOTSUPP
+        finally:
+            os.close(fd)
+
+
+def test_read_only_refuses_writes_and_keeps_the_image(volume):
+    image, key, mnt = volume
+    before = sha256(image)
+    with mounted(image, mnt, "--key-file", key, "--read-only"):
+        with pytest.raises(OSError) as e:
+            os.open(mnt / "device", os.O_WRONLY)
+        assert e.value.errno == errno.EROFS
+        with open(mnt / "device", "rb") as f:
+            assert len(f.read(65536)) == 65536
+        assert status(mnt)["read_only"] is True
+    assert sha256(image) == before
+
+
+def test_fsync_reaches_the_image_and_status_reports_it(volume):
+    image, key, mnt = volume
+    with mounted(image, mnt, "--key-file", key):
+        fd = os.open(mnt / "device", os.O_RDWR)
+        os.pwrite(fd, b"x" * 4096, 0)
+        os.fsync(fd)
+        flushes = status(mnt)["counters"]["flushes"]
+        os.fsync(fd)
+        assert status(mnt)["counters"]["flushes"] == flushes + 1
+        os.close(fd)
+        text = cryptfs("status", mnt, check=True).stdout
+        for field in ("type:        plain", "cipher:      aes-xts-plain64", "sector size: 512",
+                      "backend:     software", f"size:        {(32 << 20) // 512} sectors",
+                      "bytes_written"):
+            assert field in text
+
+
+def test_close_refuses_a_busy_device_then_succeeds(volume):
+    image, key, mnt = volume
+    with mounted(image, mnt, "--key-file", key):
+        fd = os.open(mnt / "device", os.O_RDONLY)
+        try:
+            result = cryptfs("close", mnt)
+            assert result.returncode == 5
+            assert result.stderr.strip().endswith("is busy: close what has the device open first")
+            assert mount_type(str(mnt)) == "fuse.cryptfs"
+        finally:
+            os.close(fd)
+    assert mount_type(str(mnt)) is None
+
+
+def test_close_cleans_up_after_a_dead_daemon(volume):
+    image, key, mnt = volume
+    mnt.mkdir()
+    cryptfs("open", image, mnt, "--key-file", key, check=True)
+    pid = status(mnt)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    result = cryptfs("close", mnt)
+    assert result.returncode == 0, result.stderr
+    assert "its daemon had died" in result.stderr
+    assert mount_type(str(mnt)) is None
+    cryptfs("open", image, mnt, "--key-file", key, check=True)     # the lock went with it
+    cryptfs("close", mnt, check=True)
+
+
+def test_sigterm_flushes_and_unmounts(volume):
+    image, key, mnt = volume
+    mnt.mkdir()
+    cryptfs("open", image, mnt, "--key-file", key, check=True)
+    with open(mnt / "device", "r+b", buffering=0) as f:
+        f.write(b"persist" * 100)
+    pid = status(mnt)["pid"]
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while mount_type(str(mnt)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert mount_type(str(mnt)) is None
+    with mounted(image, mnt, "--key-file", key):
+        with open(mnt / "device", "rb") as f:
+            assert f.read(700) == b"persist" * 100
+
+
+@needs("qemu-img", "cryptsetup")
+def test_qemu_luks1_image_through_the_mount(tmp_path):
+    plain = tmp_path / "plain.raw"
+    plain.write_bytes(random.Random(9).randbytes(4 << 20))
+    image = tmp_path / "image.luks"
+    qemu_luks_encrypt(plain, image, cipher_mode="cbc", ivgen_alg="essiv", ivgen_hash="sha256")
+    vk, offset = luks_volume_key(image)
+    (tmp_path / "vk").write_bytes(vk)
+    expected = bytearray(plain.read_bytes())
+    patch = random.Random(10).randbytes(100000)
+    expected[12345:12345 + len(patch)] = patch
+    with mounted(image, tmp_path / "mnt", "--key-file", tmp_path / "vk", "--offset", str(offset),
+                 "--cipher", "aes-cbc-essiv:sha256", "--key-size", "256"):
+        dev = tmp_path / "mnt" / "device"
+        assert dev.read_bytes() == plain.read_bytes()
+        with open(dev, "r+b", buffering=0) as f:
+            f.seek(12345)
+            f.write(patch)
+    assert qemu_luks_decrypt(image, tmp_path / "out.raw") == bytes(expected)
+
+
+async def test_passphrase_on_stdin_is_hashed_like_cryptsetup(volume):
+    # cryptsetup's password-hash-test: passphrase "xxx", sha256, 256 bits → this key.
+    image, _, mnt = volume
+    with mounted(image, mnt, "--cipher", "aes-cbc-essiv:sha256", "--key-size", "256",
+                 "--hash", "sha256", input=b"xxx\n"):
+        with open(mnt / "device", "r+b", buffering=0) as f:
+            f.write(b"cryptsetup" * 1000)
+    expected_key = bytes.fromhex("cd2eb0837c9b4c962c22d2ff8b5441b7"
+                                 "b45805887f051d39bf133b583baf6860")
+    daemon = open_plain(image, expected_key, cipher="aes-cbc-essiv:sha256")
+    assert bytes(await daemon.device.read(0, 10000)) == b"cryptsetup" * 1000
+    daemon.close()
