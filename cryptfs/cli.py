@@ -14,7 +14,7 @@ import sys
 
 from . import __version__
 from .config import Config, load
-from .errors import BusyError, CryptfsError, MountError
+from .errors import BusyError, CryptfsError, KeyMaterialError, MountError
 from .mounts import mount_type
 
 log = logging.getLogger("cryptfs")
@@ -23,6 +23,7 @@ FSTYPE = "fuse.cryptfs"
 # flag → (config section, key): the options that mirror config keys
 _OVERRIDES = {
     "type": ("device", "type"), "offset": ("device", "offset"), "skip": ("device", "skip"),
+    "header": ("device", "header"), "key_slot": ("device", "key_slot"),
     "read_only": ("device", "read_only"), "allow_discards": ("device", "allow_discards"),
     "cipher": ("crypto", "cipher"), "key_size": ("crypto", "key_size"),
     "key_file": ("crypto", "key_file"), "hash": ("crypto", "hash"),
@@ -44,12 +45,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("mountpoint")
     p.add_argument("--config", metavar="FILE", help="TOML config; flags override it")
-    p.add_argument("--type", help="image format: plain")
-    p.add_argument("-c", "--cipher", help="cipher spec (default aes-xts-plain64)")
-    p.add_argument("-s", "--key-size", type=int, metavar="BITS", help="key size in bits")
+    p.add_argument("--type", help="luks (default: LUKS1 or LUKS2 from the header), luks1, "
+                                  "luks2, plain")
     p.add_argument("-d", "--key-file", metavar="FILE",
-                   help="read the key from FILE ('-': stdin); otherwise ask for a passphrase")
-    p.add_argument("--hash", help="passphrase hash for plain mode (default sha256)")
+                   help="LUKS: the passphrase is FILE's contents; plain: the raw key; "
+                        "'-' reads stdin; without it cryptfs asks")
+    p.add_argument("-S", "--key-slot", type=int, metavar="N", help="LUKS: try only slot N")
+    p.add_argument("--header", metavar="FILE", help="LUKS: detached header file")
+    p.add_argument("-c", "--cipher", help="plain: cipher spec (default aes-xts-plain64)")
+    p.add_argument("-s", "--key-size", type=int, metavar="BITS", help="plain: key size in bits")
+    p.add_argument("--hash", help="plain: passphrase hash (default sha256)")
     p.add_argument("-o", "--offset", type=int, metavar="SECTORS",
                    help="payload start in the image, 512-byte sectors")
     p.add_argument("-p", "--skip", type=int, metavar="SECTORS",
@@ -66,6 +71,42 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-file", metavar="FILE", help="where the daemon logs once detached")
     p.set_defaults(run=cmd_open)
 
+    p = sub.add_parser("format", parents=[common], help="write a new LUKS header",
+                       description="Create a LUKS1 or LUKS2 header (key slot 0) on IMAGE, as "
+                                   "cryptsetup luksFormat does; the data area is left as is.")
+    p.add_argument("image")
+    p.add_argument("--type", choices=("luks1", "luks2"), default="luks2")
+    p.add_argument("-c", "--cipher", default="aes-xts-plain64")
+    p.add_argument("-s", "--key-size", type=int, default=0, metavar="BITS")
+    p.add_argument("--sector-size", type=int, default=512, metavar="BYTES")
+    p.add_argument("--hash", default="sha256", help="PBKDF2, AF splitter and digest hash")
+    p.add_argument("--pbkdf", choices=("pbkdf2", "argon2id", "argon2i"),
+                   help="default: pbkdf2 for LUKS1, argon2id for LUKS2")
+    p.add_argument("-i", "--iter-time", type=int, default=2000, metavar="MS",
+                   help="time unlocking should take")
+    p.add_argument("--pbkdf-force-iterations", type=int, default=0, metavar="N",
+                   help="fixed PBKDF2 iterations or Argon2 time cost instead of timing")
+    p.add_argument("--pbkdf-memory", type=int, default=1024 * 1024, metavar="KIB")
+    p.add_argument("--pbkdf-parallel", type=int, default=4, metavar="N")
+    p.add_argument("--size", type=_size, default=0, help="create IMAGE with this size "
+                                                         "(bytes, or with K/M/G suffix)")
+    p.add_argument("--header", metavar="FILE", help="write a detached header to FILE")
+    p.add_argument("-d", "--key-file", metavar="FILE",
+                   help="the passphrase is FILE's contents ('-': stdin)")
+    p.add_argument("-q", "--batch-mode", action="store_true",
+                   help="do not ask before overwriting an existing image's header")
+    p.set_defaults(run=cmd_format)
+
+    p = sub.add_parser("dump", parents=[common], help="show a LUKS header",
+                       description="Print IMAGE's LUKS header as cryptsetup luksDump does.")
+    p.add_argument("image")
+    p.add_argument("--header", metavar="FILE", help="detached header file")
+    p.add_argument("--dump-volume-key", action="store_true",
+                   help="unlock and print the volume key (asks for the passphrase)")
+    p.add_argument("-d", "--key-file", metavar="FILE")
+    p.add_argument("-S", "--key-slot", type=int, metavar="N")
+    p.set_defaults(run=cmd_dump)
+
     p = sub.add_parser("close", parents=[common], help="flush and unmount MOUNTPOINT")
     p.add_argument("mountpoint")
     p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
@@ -77,6 +118,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="the raw JSON of MOUNTPOINT/stats")
     p.set_defaults(run=cmd_status)
     return parser
+
+
+def _size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if text and text[-1] in units:
+            return int(text[:-1]) * units[text[-1]]
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size (e.g. 64M)") from None
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -178,6 +230,67 @@ def _redirect_output(log_file: str | None) -> None:
     os.close(target)
 
 
+def cmd_format(args: argparse.Namespace) -> int:
+    from .formats.create import FormatOptions, format_image
+    from .keys import read_key_file, read_passphrase
+
+    if os.path.exists(args.image) and not args.batch_mode and not args.header:
+        _confirm(f"This overwrites the header area of {args.image}; its data becomes "
+                 "unreadable.")
+    options = FormatOptions(
+        version=args.type, cipher=args.cipher, key_bits=args.key_size,
+        sector_size=args.sector_size, hash=args.hash, pbkdf=args.pbkdf or "",
+        iter_time=args.iter_time, force_iterations=args.pbkdf_force_iterations,
+        memory=args.pbkdf_memory, parallel=args.pbkdf_parallel, size=args.size,
+        header=args.header or "")
+    if args.key_file:
+        passphrase = read_key_file(args.key_file)
+    else:
+        passphrase = read_passphrase("Enter passphrase for the new volume: ")
+        if sys.stdin.isatty():
+            with read_passphrase("Verify passphrase: ") as again:
+                if again.buffer != passphrase.buffer:
+                    passphrase.wipe()
+                    raise KeyMaterialError("Passphrases do not match.")
+    with passphrase:
+        uuid = format_image(args.image, options, passphrase)
+    print(f"{args.type.upper()} header written to {args.header or args.image}, UUID {uuid}",
+          file=sys.stderr)
+    return 0
+
+
+def _confirm(warning: str) -> None:
+    if not sys.stdin.isatty():
+        raise BusyError(f"{warning} Add --batch-mode to confirm.")
+    answer = input(f"WARNING: {warning}\nAre you sure? (Type 'yes' in capital letters): ")
+    if answer != "YES":
+        raise CryptfsError("Operation aborted.")
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    from .formats import luks
+    from .volume import KeySource
+
+    with luks.HeaderFile(args.header or args.image) as hdr:
+        module, header = luks.read_header(hdr)
+        print(module.dump(header))
+        if args.dump_volume_key:
+            print("WARNING: the volume key gives access to all data on the volume; "
+                  "keep it secret.", file=sys.stderr)
+            keys = KeySource(args.key_file)
+            try:
+                key, slot = luks.unlock(module, header, hdr, keys, args.key_slot)
+            finally:
+                keys.wipe()
+            with key:
+                print(f"Key slot {slot} unlocked.\nVolume key ({len(key) * 8} bits):")
+                hexed = key.buffer.hex()
+                for i in range(0, len(hexed), 32):
+                    print("\t" + " ".join(hexed[j:j + 2] for j in range(i, i + 32, 2)))
+                del hexed
+    return 0
+
+
 def _mounted(path: str) -> str:
     path = os.path.abspath(path)
     kind = mount_type(path)
@@ -230,7 +343,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def format_status(mountpoint: str, s: dict) -> str:
     lines = [
         f"{mountpoint}/device is active{' (read-only)' if s['read_only'] else ''}.",
-        f"  type:        {s['type']}",
+        f"  type:        {s['type'].upper()}"
+        f"{'  UUID ' + s['uuid'] if s.get('uuid') else ''}",
         f"  cipher:      {s['cipher']}",
         f"  keysize:     {s['key_bits']} bits",
         f"  image:       {s['image']}",

@@ -44,24 +44,32 @@ def _key(default, help: str, check: Callable[[Any], None] | None = None, kind: t
 
 @dataclass
 class DeviceSection:
-    type: str = _key("plain", "on-disk format of the image", _choice("plain"))
-    offset: int = _key(0, "start of the payload in the image, in 512-byte sectors",
+    type: str = _key("luks", "image format: luks (LUKS1 or LUKS2, from the header), luks1, "
+                     "luks2, plain", _choice("luks", "luks1", "luks2", "plain"))
+    header: str = _key("", "detached LUKS header file (empty: the header is in the image)")
+    key_slot: int = _key(-1, "LUKS key slot to try (-1: every active slot)",
+                         _between(-1, 31))
+    offset: int = _key(0, "start of the payload in the image, in 512-byte sectors (plain mode)",
                        _between(0, 2**55))
-    skip: int = _key(0, "added to the sector number for IV generation, in 512-byte sectors",
-                     _between(0, 2**55))
+    skip: int = _key(0, "added to the sector number for IV generation, in 512-byte sectors "
+                     "(plain mode)", _between(0, 2**55))
     read_only: bool = _key(False, "refuse writes (EROFS) and open the image read-only")
     allow_discards: bool = _key(False, "punch the ciphertext on discard (fallocate punch-hole)")
 
 
 @dataclass
 class CryptoSection:
-    cipher: str = _key("aes-xts-plain64", "dm-crypt cipher spec: cipher-chainmode-ivmode[:hash]")
-    key_size: int = _key(0, "key size in bits; 0 picks the cipher's default (XTS 512, CBC 256)",
-                         _between(0, 512))
-    key_file: str = _key("", "file holding the raw key (plain); '-' reads standard input")
+    cipher: str = _key("aes-xts-plain64", "dm-crypt cipher spec (plain mode): "
+                       "cipher-chainmode-ivmode[:hash]")
+    key_size: int = _key(0, "key size in bits (plain mode); 0 picks the cipher's default "
+                         "(XTS 512, CBC 256)", _between(0, 512))
+    key_file: str = _key("", "plain: file holding the raw key; LUKS: file whose contents are "
+                         "the passphrase; '-' reads standard input; empty asks")
     hash: str = _key("sha256", "passphrase hash for plain mode ('plain' uses it unhashed)")
-    sector_size: int = _key(512, "encryption sector (data unit) size in bytes", _sector_size)
-    iv_large_sectors: bool = _key(False, "IVs count sector_size units, not 512-byte sectors")
+    sector_size: int = _key(512, "encryption sector (data unit) size in bytes (plain mode)",
+                            _sector_size)
+    iv_large_sectors: bool = _key(False, "IVs count sector_size units, not 512-byte sectors "
+                                  "(plain mode)")
 
 
 @dataclass
@@ -90,6 +98,8 @@ class Config:
     crypto: CryptoSection = field(default_factory=CryptoSection)
     pipeline: PipelineSection = field(default_factory=PipelineSection)
     backend: BackendSection = field(default_factory=BackendSection)
+    #: (section, key) pairs a file or flag set, as opposed to defaults
+    explicit: set = field(default_factory=set, compare=False)
 
     def set(self, section: str, key: str, value: Any, origin: str | None = None) -> None:
         """Set one key after checking it; ``origin`` names it in errors (default ``[s] key``)."""
@@ -100,6 +110,7 @@ class Config:
             known = ", ".join(f.name for f in fields(target) if f.name != "options")
             raise ConfigError(f"config: unknown key {label} (known in [{section}]: {known})")
         setattr(target, key, _checked(label, value, spec.metadata["type"], spec.metadata["check"]))
+        self.explicit.add((section, key))
 
 
 def _checked(label: str, value: Any, kind: type, check) -> Any:

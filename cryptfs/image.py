@@ -1,14 +1,22 @@
 """The ciphertext image: a file opened once, locked, and read or written at byte offsets.
 
-An exclusive ``flock`` (shared when read-only) keeps two cryptfs daemons from opening one image
-read-write.  Short reads mean the image shrank under us and fail with EIO rather than returning
-zeros that would decrypt to garbage.
+Two locks are held while it is open:
+
+* an open-file-description lock over the whole file (``F_OFD_SETLK``; exclusive, or shared when
+  read-only): no two cryptfs daemons open one image read-write, and QEMU — which takes OFD locks
+  too — refuses it while it is in use;
+* a shared ``flock``: cryptsetup takes ``flock`` (shared to read a header, exclusive to change
+  one), so ``cryptsetup luksDump`` still works on an open image while changes wait.
+
+Short reads mean the image shrank under us and fail with EIO rather than returning zeros that
+would decrypt to garbage.
 """
 
 import ctypes
 import errno
 import fcntl
 import os
+import struct
 
 from .errors import BusyError, DeviceError, ImageError
 
@@ -18,6 +26,16 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 #: zeros written where the filesystem cannot punch holes
 _ZERO_CHUNK = bytes(1 << 20)
+
+
+# struct flock on Linux: short l_type, short l_whence, off_t l_start, off_t l_len, pid_t l_pid
+_FLOCK = struct.Struct("hhxxxxqqi4x")
+
+
+def _lock_whole_file(fd: int, exclusive: bool) -> None:
+    """OFD lock of the whole file, or OSError (EAGAIN) if someone else holds a conflicting one."""
+    kind = fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(kind, os.SEEK_SET, 0, 0, 0))
 
 
 class Image:
@@ -30,10 +48,17 @@ class Image:
         except OSError as e:
             raise ImageError(f"cannot open image {path}: {e.strerror}") from None
         try:
-            fcntl.flock(self.fd, (fcntl.LOCK_SH if read_only else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            _lock_whole_file(self.fd, exclusive=not read_only)
+        except OSError:
+            os.close(self.fd)
+            raise BusyError(f"image {path} is in use by another cryptfs or QEMU (locked)") \
+                from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self.fd)
-            raise BusyError(f"image {path} is in use by another cryptfs (locked)") from None
+            raise BusyError(f"image {path} is being changed by another program (cryptsetup?)") \
+                from None
         self.size = os.fstat(self.fd).st_size
 
     def read_into(self, buf: bytearray | memoryview, offset: int) -> None:

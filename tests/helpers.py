@@ -93,11 +93,14 @@ def qemu_img(*args: str) -> None:
 
 def qemu_luks_encrypt(plain: Path, image: Path, passphrase: str = PASSPHRASE,
                       cipher_alg: str = "aes-256", cipher_mode: str = "xts",
-                      ivgen_alg: str = "plain64", ivgen_hash: str | None = None) -> None:
+                      ivgen_alg: str = "plain64", ivgen_hash: str | None = None,
+                      hash_alg: str | None = None) -> None:
     opts = (f"key-secret=s0,iter-time=10,cipher-alg={cipher_alg},cipher-mode={cipher_mode},"
             f"ivgen-alg={ivgen_alg}")
     if ivgen_hash:
         opts += f",ivgen-hash-alg={ivgen_hash}"
+    if hash_alg:
+        opts += f",hash-alg={hash_alg}"
     qemu_img("convert", "-f", "raw", "-O", "luks", "--object",
              f"secret,id=s0,data={passphrase}", "-o", opts, str(plain), str(image))
 
@@ -141,24 +144,72 @@ def open_plain(image: Path, key: bytes, *, cipher: str = "aes-xts-plain64", offs
                sector_size: int = 512, backend: str = "software", **settings):
     """An in-process device (no FUSE) over ``image`` in plain mode: a cryptfs Daemon whose
     ``.device`` takes reads and writes.  ``settings`` are config keys of any section."""
+    key_path = Path(image).with_suffix(".key")
+    key_path.write_bytes(key)
+    return _daemon(image, type="plain", key_file=str(key_path), cipher=cipher,
+                   key_size=len(key) * 8, sector_size=sector_size, offset=offset,
+                   backend=backend, **settings)
+
+
+def _daemon(image: Path, backend: str, **settings):
     from cryptfs.config import SECTIONS, Config
     from cryptfs.daemon import Daemon
     from cryptfs.formats import open_volume
     from cryptfs.image import Image
     from cryptfs.volume import KeySource
 
-    key_path = Path(image).with_suffix(".key")
-    key_path.write_bytes(key)
     config = Config()
-    config.set("crypto", "key_file", str(key_path))
-    config.set("crypto", "cipher", cipher)
-    config.set("crypto", "key_size", len(key) * 8)
-    config.set("crypto", "sector_size", sector_size)
-    config.set("device", "offset", offset)
     config.set("backend", "name", backend)
     for name, value in settings.items():
         section = next(s for s, cls in SECTIONS.items() if name in cls.__dataclass_fields__)
         config.set(section, name, value)
     img = Image(str(image), read_only=config.device.read_only)
-    volume = open_volume(img, config, KeySource(str(key_path)))
-    return Daemon(volume, img, config)
+    try:
+        volume = open_volume(img, config, KeySource(config.crypto.key_file))
+        return Daemon(volume, img, config)
+    except BaseException:
+        img.close()
+        raise
+
+
+def open_luks(image: Path, passphrase: str = PASSPHRASE, *, header: Path | None = None,
+              backend: str = "software", **settings):
+    """An in-process device over a LUKS ``image`` unlocked with ``passphrase``."""
+    pass_path = Path(image).with_suffix(".pass")
+    pass_path.write_text(passphrase)
+    if header:
+        settings["header"] = str(header)
+    return _daemon(image, backend=backend, key_file=str(pass_path), **settings)
+
+
+def cryptsetup(*args: str, passphrase: str | None = PASSPHRASE) -> str:
+    """Run cryptsetup non-interactively (passphrase on stdin), return stdout."""
+    cmd = ["cryptsetup", "--batch-mode", *args]
+    if passphrase is not None:
+        cmd[2:2] = ["--key-file", "-"]
+    result = subprocess.run(cmd, input=(passphrase or "").encode(), capture_output=True)
+    if result.returncode:
+        raise AssertionError(f"{' '.join(cmd)}: {result.stderr.decode()}")
+    return result.stdout.decode()
+
+
+#: unaligned writes used against the oracles: mid-sector, across sectors, long, at the end
+PATCHES = [(100, 1536), (4095, 3), (511, 70000), (-700, 700), (0, 512)]
+
+
+async def read_then_patch(daemon, plaintext: bytes, seed: int) -> bytes:
+    """Check the device reads ``plaintext``, apply PATCHES (negative offsets count from the
+    end), close it, and return what it should now hold — for an oracle to compare."""
+    import random
+    assert bytes(await daemon.device.read(0, len(plaintext))) == plaintext
+    model = bytearray(plaintext)
+    rng = random.Random(seed)
+    for off, length in PATCHES:
+        off %= len(plaintext)
+        data = rng.randbytes(length)
+        assert await daemon.device.write(off, data) == length
+        model[off:off + length] = data
+    assert bytes(await daemon.device.read(0, len(model))) == bytes(model)
+    await daemon.device.flush()
+    daemon.close()
+    return bytes(model)

@@ -47,7 +47,7 @@ BAD = [
 def test_bad_options(setup, extra, config, code, message):
     image, key, mnt = setup
     before = sha256(image)
-    args = ["open", image, mnt]
+    args = ["open", image, mnt, "--type", "plain"]
     if "--key-file" in extra:
         short = image.parent / "short"
         short.write_bytes(b"abc")
@@ -64,21 +64,21 @@ def test_bad_options(setup, extra, config, code, message):
 
 def test_missing_image(setup):
     image, key, mnt = setup
-    refused(cryptfs("open", image.parent / "nope", mnt, "--key-file", key), 4,
+    refused(cryptfs("open", image.parent / "nope", mnt, "--type", "plain", "--key-file", key), 4,
             "cannot open image")
 
 
 def test_missing_mountpoint(setup):
     image, key, mnt = setup
     before = sha256(image)
-    refused(cryptfs("open", image, image.parent / "nomnt", "--key-file", key), 4,
+    refused(cryptfs("open", image, image.parent / "nomnt", "--type", "plain", "--key-file", key), 4,
             "does not exist or is not a directory")
     assert sha256(image) == before
 
 
 def test_passphrase_from_stdin_and_missing_passphrase(setup):
     image, key, mnt = setup
-    refused(cryptfs("open", image, mnt, input=b""), 2, "no passphrase given")
+    refused(cryptfs("open", image, mnt, "--type", "plain", input=b""), 2, "no passphrase given")
 
 
 def test_close_and_status_on_something_not_mounted(setup):
@@ -92,13 +92,14 @@ def test_busy_mountpoint_and_locked_image(setup, tmp_path):
     image, key, mnt = setup
     other = tmp_path / "other"
     other.write_bytes(bytes(1 << 20))
-    with mounted(image, mnt, "--key-file", key):
+    with mounted(image, mnt, "--type", "plain", "--key-file", key):
         before = sha256(image)
-        refused(cryptfs("open", other, mnt, "--key-file", key), 5, "is busy: something is "
+        refused(cryptfs("open", other, mnt, "--type", "plain",
+                "--key-file", key), 5, "is busy: something is "
                                                                     "mounted there already")
         mnt2 = tmp_path / "mnt2"
         mnt2.mkdir()
-        refused(cryptfs("open", image, mnt2, "--key-file", key), 5,
-                "is in use by another cryptfs (locked)")
+        refused(cryptfs("open", image, mnt2, "--type", "plain", "--key-file", key), 5,
+                "is in use by another cryptfs or QEMU (locked)")
         assert mount_type(str(mnt2)) is None
     assert sha256(image) == before

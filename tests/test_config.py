@@ -48,7 +48,7 @@ name = "software"
                                      "between 512 and 4096, got 1000"),
     ("[device]\nread_only = 1", "config: [device] read_only must be a boolean, got integer 1"),
     ("[pipeline]\nqueue_depth = 0", "config: [pipeline] queue_depth must be between 1 and 4096"),
-    ("[device]\ntype = 'zfs'", "config: [device] type must be one of plain"),
+    ("[device]\ntype = 'zfs'", "config: [device] type must be one of luks, luks1, luks2, plain"),
     ("[device\n", "is not valid TOML"),
     ("device = 3", "config: [device] must be a table"),
 ])

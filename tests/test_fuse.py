@@ -48,7 +48,7 @@ def test_unaligned_io_survives_close_and_reopen(volume):
     image, key, mnt = volume
     rng = random.Random(5)
     model = {}
-    with mounted(image, mnt, "--key-file", key):
+    with mounted(image, mnt, "--type", "plain", "--key-file", key):
         dev = mnt / "device"
         st = os.stat(dev)
         assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == os.getuid()
@@ -65,7 +65,7 @@ def test_unaligned_io_survives_close_and_reopen(volume):
             assert os.pread(fd, 100, 32 << 20) == b""          # end of device
         finally:
             os.close(fd)
-    with mounted(image, mnt, "--key-file", key):
+    with mounted(image, mnt, "--type", "plain", "--key-file", key):
         fd = os.open(mnt / "device", os.O_RDONLY)
         try:
             for off, data in model.items():
@@ -78,7 +78,8 @@ def test_unaligned_io_survives_close_and_reopen(volume):
 @pytest.mark.parametrize("sector_size", [512, 4096])
 def test_fio_verify_crc32c_four_jobs_random(volume, sector_size):
     image, key, mnt = volume
-    with mounted(image, mnt, "--key-file", key, "--sector-size", str(sector_size)):
+    with mounted(image, mnt, "--type", "plain",
+                 "--key-file", key, "--sector-size", str(sector_size)):
         result = subprocess.run([
             "fio", "--name=verify", f"--filename={mnt}/device", "--rw=randwrite",
             "--bsrange=512-64k", "--bs_unaligned=1" if sector_size == 512 else "--bs=4k",
@@ -96,7 +97,7 @@ def test_fio_verify_crc32c_four_jobs_random(volume, sector_size):
 
 def test_discard_punches_the_ciphertext(volume):
     image, key, mnt = volume
-    with mounted(image, mnt, "--key-file", key, "--allow-discards"):
+    with mounted(image, mnt, "--type", "plain", "--key-file", key, "--allow-discards"):
         dev = mnt / "device"
         with open(dev, "r+b", buffering=0) as f:
             f.write(b"\xff" * (1 << 20))
@@ -113,7 +114,7 @@ def test_discard_punches_the_ciphertext(volume):
 
 def test_discard_without_allow_discards_is_not_supported(volume):
     image, key, mnt = volume
-    with mounted(image, mnt, "--key-file", key):
+    with mounted(image, mnt, "--type", "plain", "--key-file", key):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
         fd = os.open(mnt / "device", os.O_RDWR)
@@ -127,7 +128,7 @@ def test_discard_without_allow_discards_is_not_supported(volume):
 def test_read_only_refuses_writes_and_keeps_the_image(volume):
     image, key, mnt = volume
     before = sha256(image)
-    with mounted(image, mnt, "--key-file", key, "--read-only"):
+    with mounted(image, mnt, "--type", "plain", "--key-file", key, "--read-only"):
         with pytest.raises(OSError) as e:
             os.open(mnt / "device", os.O_WRONLY)
         assert e.value.errno == errno.EROFS
@@ -139,7 +140,7 @@ def test_read_only_refuses_writes_and_keeps_the_image(volume):
 
 def test_fsync_reaches_the_image_and_status_reports_it(volume):
     image, key, mnt = volume
-    with mounted(image, mnt, "--key-file", key):
+    with mounted(image, mnt, "--type", "plain", "--key-file", key):
         fd = os.open(mnt / "device", os.O_RDWR)
         os.pwrite(fd, b"x" * 4096, 0)
         os.fsync(fd)
@@ -148,7 +149,7 @@ def test_fsync_reaches_the_image_and_status_reports_it(volume):
         assert status(mnt)["counters"]["flushes"] == flushes + 1
         os.close(fd)
         text = cryptfs("status", mnt, check=True).stdout
-        for field in ("type:        plain", "cipher:      aes-xts-plain64", "sector size: 512",
+        for field in ("type:        PLAIN", "cipher:      aes-xts-plain64", "sector size: 512",
                       "backend:     software", f"size:        {(32 << 20) // 512} sectors",
                       "bytes_written"):
             assert field in text
@@ -156,7 +157,7 @@ def test_fsync_reaches_the_image_and_status_reports_it(volume):
 
 def test_close_refuses_a_busy_device_then_succeeds(volume):
     image, key, mnt = volume
-    with mounted(image, mnt, "--key-file", key):
+    with mounted(image, mnt, "--type", "plain", "--key-file", key):
         fd = os.open(mnt / "device", os.O_RDONLY)
         try:
             result = cryptfs("close", mnt)
@@ -171,7 +172,7 @@ def test_close_refuses_a_busy_device_then_succeeds(volume):
 def test_close_cleans_up_after_a_dead_daemon(volume):
     image, key, mnt = volume
     mnt.mkdir()
-    cryptfs("open", image, mnt, "--key-file", key, check=True)
+    cryptfs("open", image, mnt, "--type", "plain", "--key-file", key, check=True)
     pid = status(mnt)["pid"]
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
@@ -181,14 +182,15 @@ def test_close_cleans_up_after_a_dead_daemon(volume):
     assert result.returncode == 0, result.stderr
     assert "its daemon had died" in result.stderr
     assert mount_type(str(mnt)) is None
-    cryptfs("open", image, mnt, "--key-file", key, check=True)     # the lock went with it
+    cryptfs("open", image, mnt, "--type", "plain",
+            "--key-file", key, check=True)     # the lock went with it
     cryptfs("close", mnt, check=True)
 
 
 def test_sigterm_flushes_and_unmounts(volume):
     image, key, mnt = volume
     mnt.mkdir()
-    cryptfs("open", image, mnt, "--key-file", key, check=True)
+    cryptfs("open", image, mnt, "--type", "plain", "--key-file", key, check=True)
     with open(mnt / "device", "r+b", buffering=0) as f:
         f.write(b"persist" * 100)
     pid = status(mnt)["pid"]
@@ -197,7 +199,7 @@ def test_sigterm_flushes_and_unmounts(volume):
     while mount_type(str(mnt)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert mount_type(str(mnt)) is None
-    with mounted(image, mnt, "--key-file", key):
+    with mounted(image, mnt, "--type", "plain", "--key-file", key):
         with open(mnt / "device", "rb") as f:
             assert f.read(700) == b"persist" * 100
 
@@ -213,7 +215,8 @@ def test_qemu_luks1_image_through_the_mount(tmp_path):
     expected = bytearray(plain.read_bytes())
     patch = random.Random(10).randbytes(100000)
     expected[12345:12345 + len(patch)] = patch
-    with mounted(image, tmp_path / "mnt", "--key-file", tmp_path / "vk", "--offset", str(offset),
+    with mounted(image, tmp_path / "mnt", "--type", "plain", "--key-file", tmp_path / "vk",
+                 "--offset", str(offset),
                  "--cipher", "aes-cbc-essiv:sha256", "--key-size", "256"):
         dev = tmp_path / "mnt" / "device"
         assert dev.read_bytes() == plain.read_bytes()
@@ -226,7 +229,8 @@ def test_qemu_luks1_image_through_the_mount(tmp_path):
 async def test_passphrase_on_stdin_is_hashed_like_cryptsetup(volume):
     # cryptsetup's password-hash-test: passphrase "xxx", sha256, 256 bits → this key.
     image, _, mnt = volume
-    with mounted(image, mnt, "--cipher", "aes-cbc-essiv:sha256", "--key-size", "256",
+    with mounted(image, mnt, "--type", "plain",
+                 "--cipher", "aes-cbc-essiv:sha256", "--key-size", "256",
                  "--hash", "sha256", input=b"xxx\n"):
         with open(mnt / "device", "r+b", buffering=0) as f:
             f.write(b"cryptsetup" * 1000)

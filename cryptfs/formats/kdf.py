@@ -1,0 +1,97 @@
+"""Passphrase → key: PBKDF2 (hashlib), Argon2id (cryptography), Argon2i (argon2-cffi, since
+cryptography offers only Argon2id), with limits and iteration-time benchmarks.
+
+The limits are cryptsetup's: a header asking for more memory or time than these is refused
+before any work is done, so a hostile image cannot make ``open`` hang or exhaust memory.
+"""
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+from ..errors import FormatError
+from ..keys import Secret
+
+PBKDF2_MIN_ITERATIONS = 1000
+PBKDF2_MAX_ITERATIONS = (1 << 32) - 1
+ARGON2_MIN_TIME, ARGON2_MAX_TIME = 4, (1 << 32) - 1
+ARGON2_MIN_MEMORY, ARGON2_MAX_MEMORY = 32, 4 * 1024 * 1024       # KiB (4 GiB)
+ARGON2_MAX_PARALLEL = 16
+KINDS = ("pbkdf2", "argon2i", "argon2id")
+
+
+@dataclass(frozen=True)
+class Kdf:
+    kind: str                 # pbkdf2, argon2i, argon2id
+    salt: bytes
+    iterations: int           # PBKDF2 iterations, or Argon2 time cost
+    hash: str | None = None   # PBKDF2 only
+    memory: int = 0           # Argon2: KiB
+    parallel: int = 0         # Argon2: lanes
+
+    def check(self) -> None:
+        """FormatError unless the parameters are ones cryptfs will run."""
+        if self.kind == "pbkdf2":
+            if not self.hash or self.hash not in hashlib.algorithms_available:
+                raise FormatError(f"PBKDF2 hash '{self.hash}' is not available")
+            if not 1 <= self.iterations <= PBKDF2_MAX_ITERATIONS:
+                raise FormatError(f"PBKDF2 iterations {self.iterations} out of range")
+        elif self.kind in ("argon2i", "argon2id"):
+            if not 1 <= self.iterations <= ARGON2_MAX_TIME:
+                raise FormatError(f"{self.kind} time cost {self.iterations} out of range")
+            if not ARGON2_MIN_MEMORY <= self.memory <= ARGON2_MAX_MEMORY:
+                raise FormatError(f"{self.kind} memory {self.memory} KiB out of range "
+                                  f"({ARGON2_MIN_MEMORY}..{ARGON2_MAX_MEMORY})")
+            if not 1 <= self.parallel <= ARGON2_MAX_PARALLEL:
+                raise FormatError(f"{self.kind} parallelism {self.parallel} out of range")
+        else:
+            raise FormatError(f"key derivation '{self.kind}' is not supported "
+                              f"(supported: {', '.join(KINDS)})")
+
+    def describe(self) -> str:
+        if self.kind == "pbkdf2":
+            return f"pbkdf2-{self.hash}, {self.iterations} iterations"
+        return (f"{self.kind}, time {self.iterations}, memory {self.memory} KiB, "
+                f"{self.parallel} threads")
+
+    def derive(self, passphrase: Secret, length: int) -> Secret:
+        self.check()
+        secret = bytes(passphrase.buffer)
+        if self.kind == "pbkdf2":
+            out = hashlib.pbkdf2_hmac(self.hash, secret, self.salt, self.iterations, length)
+        elif self.kind == "argon2id":
+            from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+            out = Argon2id(salt=self.salt, length=length, iterations=self.iterations,
+                           lanes=self.parallel, memory_cost=self.memory).derive(secret)
+        else:
+            from argon2.low_level import Type, hash_secret_raw
+            out = hash_secret_raw(secret, self.salt, self.iterations, self.memory,
+                                  self.parallel, length, Type.I)
+        del secret
+        return Secret(out)
+
+
+def pbkdf2_digest(hash_name: str, key: Secret | bytes, salt: bytes, iterations: int,
+                  length: int) -> bytes:
+    """The volume key digest both LUKS versions store to recognise the right key."""
+    data = key.buffer if isinstance(key, Secret) else key
+    return hashlib.pbkdf2_hmac(hash_name, bytes(data), salt, iterations, length)
+
+
+def pbkdf2_iterations_for(hash_name: str, milliseconds: int, length: int = 32) -> int:
+    """Iterations that take about ``milliseconds`` here (cryptsetup's --iter-time)."""
+    probe = 20000
+    start = time.perf_counter()
+    hashlib.pbkdf2_hmac(hash_name, b"benchmark", b"salt" * 8, probe, length)
+    elapsed = max(time.perf_counter() - start, 1e-6)
+    return max(PBKDF2_MIN_ITERATIONS, int(probe * milliseconds / 1000 / elapsed))
+
+
+def argon2_time_for(kind: str, milliseconds: int, memory: int, parallel: int,
+                    length: int = 32) -> int:
+    """Argon2 time cost that takes about ``milliseconds`` here at the given memory."""
+    probe = Kdf(kind, b"\0" * 16, ARGON2_MIN_TIME, memory=memory, parallel=parallel)
+    start = time.perf_counter()
+    probe.derive(Secret(b"benchmark"), length).wipe()
+    elapsed = max(time.perf_counter() - start, 1e-6)
+    return max(ARGON2_MIN_TIME, int(ARGON2_MIN_TIME * milliseconds / 1000 / elapsed))
