@@ -14,6 +14,7 @@ from .base import Backend, CryptoFailure
 #: name → "module:class", imported on first use so an unused backend costs nothing.
 REGISTRY = {
     "software": "backends.software:SoftwareBackend",
+    "multidu": "backends.multidu:MultiDuBackend",
 }
 
 

@@ -72,19 +72,34 @@ class CryptoSection:
                                   "(plain mode)")
 
 
+def _probability(value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("between 0 and 1")
+
+
 @dataclass
 class PipelineSection:
+    mode: str = _key("multi_du", "crypto requests per bio: multi_du (one per bio) or "
+                     "per_sector (one per data unit, as dm-crypt today)",
+                     _choice("per_sector", "multi_du"))
     queue_depth: int = _key(64, "bios in flight at once (backpressure beyond)", _between(1, 4096))
     no_read_workqueue: bool = _key(True, "decrypt reads inline instead of on a worker thread")
     no_write_workqueue: bool = _key(True, "encrypt writes inline instead of on a worker thread")
     crypto_threads: int = _key(0, "worker threads for offloaded crypto; 0 is one per CPU",
                                _between(0, 256))
     fuse_tasks: int = _key(64, "concurrent FUSE requests the daemon serves", _between(1, 4096))
+    completion_timeout: float = _key(30.0, "seconds to wait for an asynchronous completion "
+                                     "before redoing the request in software",
+                                     _between(0.001, 3600))
+    inject_alloc_failure: float = _key(0.0, "fault injection: probability that a multi_du bio "
+                                       "cannot get its buffers (it then goes per sector)",
+                                       _probability)
 
 
 @dataclass
 class BackendSection:
-    name: str = _key("software", "crypto backend")
+    name: str = _key("multidu", "crypto backend: multidu (native multi data unit) or software "
+                     "(one cryptography call per data unit)")
     options: dict = field(default_factory=dict)   # [backend.<name>] tables, checked per backend
 
 
@@ -114,6 +129,8 @@ class Config:
 
 
 def _checked(label: str, value: Any, kind: type, check) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
     # bool is an int in Python; TOML keeps them apart and so do we.
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)) or \
             kind is not int and not isinstance(value, kind):

@@ -22,7 +22,6 @@ from .convert import Converter
 from .device import Device
 from .fuse_ops import DeviceOperations
 from .image import Image
-from .ivgen import IV_MODES
 from .mounts import mount_type
 from .queue import RequestQueue
 from .stats import Stats
@@ -41,9 +40,12 @@ class Daemon:
         self.backend = backends.create(config.backend.name, spec, key, options)
         fallback = (self.backend if isinstance(self.backend, SoftwareBackend)
                     else SoftwareBackend(spec, key))
-        ivgen = IV_MODES[spec.ivmode].generator(key, spec.ivopts)
         self.stats = Stats()
-        self.converter = Converter(self.backend, fallback, volume.geometry, ivgen, self.stats)
+        pipeline = config.pipeline
+        self.converter = Converter(self.backend, fallback, spec, key, volume.geometry,
+                                   self.stats, mode=pipeline.mode,
+                                   completion_timeout=pipeline.completion_timeout,
+                                   alloc_failure_rate=pipeline.inject_alloc_failure)
         self.queue = RequestQueue(image, self.converter, volume.geometry, config.pipeline,
                                   self.stats)
         self.device = Device(volume.geometry, self.queue, image, self.stats,
@@ -68,6 +70,7 @@ class Daemon:
             "discard_available": self.discard_available,
             "backend": self.backend.name,
             "crypto_path": "multi_du" if self.converter.multi_du else "per_sector",
+            "crypto_path_reason": self.converter.reason,
             "reads": "offload" if p.offload_reads else "inline",
             "writes": "offload" if p.offload_writes else "inline",
             "queue_depth": p.depth,

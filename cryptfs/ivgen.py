@@ -72,6 +72,10 @@ class Essiv:
     def __call__(self, iv_sector: int) -> bytes:
         return self._ecb.update(_plain64(iv_sector))
 
+    def encrypt_counters(self, counters: bytes) -> bytes:
+        """ESSIV IVs of many data units at once: ``counters`` are their plain64 IVs."""
+        return self._ecb.update(counters)
+
 
 @dataclass(frozen=True)
 class IvMode:

@@ -15,7 +15,7 @@ def write(tmp_path, text):
 def test_defaults_without_a_file():
     c = load(None)
     assert (c.crypto.cipher, c.crypto.sector_size, c.backend.name) == ("aes-xts-plain64", 512,
-                                                                        "software")
+                                                                        "multidu")
 
 
 def test_a_full_file_is_read(tmp_path):
@@ -80,7 +80,7 @@ def test_backend_options_are_checked_against_the_backend(tmp_path):
     with pytest.raises(ConfigError, match=r"\[backend.engine\] given but the backend is"):
         backend_options(c, {})
     declared = {"depth": (int, 4, None, "slots")}
-    c = load(write(tmp_path, "[backend.software]\ndepth = 'deep'\n"))
+    c = load(write(tmp_path, "[backend]\nname = 'software'\n[backend.software]\ndepth = 'deep'\n"))
     with pytest.raises(ConfigError, match="depth must be an integer"):
         backend_options(c, declared)
     assert backend_options(load(None), declared) == {"depth": 4}

@@ -14,8 +14,8 @@ from backends.software import SoftwareBackend
 from cryptfs.convert import Converter
 from cryptfs.errors import DeviceError
 from cryptfs.geometry import Geometry
-from cryptfs.ivgen import IV_MODES
 from cryptfs.spec import parse_spec
+from cryptfs.stats import Stats
 
 SPEC = parse_spec("aes-xts-plain64")
 KEY = bytes(range(64))
@@ -90,12 +90,10 @@ class FakeEngine:
 
 
 def make(backend, du=512, multi_du=False, timeout=30.0):
-    from cryptfs.stats import Stats
     g = Geometry(du, 0, 1 << 20)
     stats = Stats()
-    ivgen = IV_MODES["plain64"].generator(KEY, None)
-    conv = Converter(backend, SoftwareBackend(SPEC, KEY), g, ivgen, stats, multi_du=multi_du,
-                     completion_timeout=timeout)
+    conv = Converter(backend, SoftwareBackend(SPEC, KEY), SPEC, KEY, g, stats,
+                     mode="multi_du" if multi_du else "per_sector", completion_timeout=timeout)
     return conv, stats
 
 
@@ -162,10 +160,8 @@ class Broken(SoftwareBackend):
 
 
 async def test_bio_fails_with_eio_when_the_fallback_fails_too():
-    from cryptfs.stats import Stats
     g = Geometry(512, 0, 1 << 20)
-    conv = Converter(Broken(SPEC, KEY), Broken(SPEC, KEY), g,
-                     IV_MODES["plain64"].generator(KEY, None), Stats())
+    conv = Converter(Broken(SPEC, KEY), Broken(SPEC, KEY), SPEC, KEY, g, Stats())
     with pytest.raises(DeviceError) as e:
         await conv.convert(Op.ENCRYPT, 0, memoryview(bytes(1024)), memoryview(bytearray(1024)))
     assert e.value.errno == errno.EIO
@@ -177,8 +173,7 @@ class LiesAboutBeingSync(SoftwareBackend):
 
 
 def test_a_synchronous_backend_returning_in_progress_is_a_contract_error():
-    from cryptfs.stats import Stats
-    conv = Converter(LiesAboutBeingSync(SPEC, KEY), SoftwareBackend(SPEC, KEY),
-                     Geometry(512, 0, 1 << 20), IV_MODES["plain64"].generator(KEY, None), Stats())
+    conv = Converter(LiesAboutBeingSync(SPEC, KEY), SoftwareBackend(SPEC, KEY), SPEC, KEY,
+                     Geometry(512, 0, 1 << 20), Stats())
     with pytest.raises(DeviceError, match="declares itself synchronous"):
         conv.convert_sync(Op.ENCRYPT, 0, memoryview(bytes(512)), memoryview(bytearray(512)))

@@ -74,16 +74,27 @@ def test_unaligned_io_survives_close_and_reopen(volume):
             os.close(fd)
 
 
+PATHS = {
+    "software-per_sector-inline": "[pipeline]\nmode = 'per_sector'\n",
+    "multidu-multi_du-inline": "[pipeline]\nmode = 'multi_du'\n[backend]\nname = 'multidu'\n",
+    "multidu-multi_du-offload": "[pipeline]\nmode = 'multi_du'\nno_read_workqueue = false\n"
+                                "no_write_workqueue = false\n[backend]\nname = 'multidu'\n",
+}
+
+
 @needs("fio")
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("sector_size", [512, 4096])
-def test_fio_verify_crc32c_four_jobs_random(volume, sector_size):
+def test_fio_verify_crc32c_four_jobs_random(volume, sector_size, path):
     image, key, mnt = volume
-    with mounted(image, mnt, "--type", "plain",
-                 "--key-file", key, "--sector-size", str(sector_size)):
+    config = image.parent / "path.toml"
+    config.write_text(PATHS[path])
+    with mounted(image, mnt, "--type", "plain", "--key-file", key, "--config", config,
+                 "--sector-size", str(sector_size)):
         result = subprocess.run([
             "fio", "--name=verify", f"--filename={mnt}/device", "--rw=randwrite",
-            "--bsrange=512-64k", "--bs_unaligned=1" if sector_size == 512 else "--bs=4k",
-            "--numjobs=4", "--size=6M", "--offset_increment=8M", "--verify=crc32c",
+            "--bsrange=512-64k", "--bs_unaligned=1", "--numjobs=4", "--size=6M",
+            "--offset_increment=8M", "--verify=crc32c",
             "--verify_fatal=1", "--do_verify=1", "--direct=1", "--ioengine=psync",
             "--group_reporting", "--output-format=json", "--verify_state_save=0"],
             capture_output=True, text=True, timeout=600, cwd=mnt.parent)
@@ -150,7 +161,7 @@ def test_fsync_reaches_the_image_and_status_reports_it(volume):
         os.close(fd)
         text = cryptfs("status", mnt, check=True).stdout
         for field in ("type:        PLAIN", "cipher:      aes-xts-plain64", "sector size: 512",
-                      "backend:     software", f"size:        {(32 << 20) // 512} sectors",
+                      "backend:     multidu (multi_du", f"size:        {(32 << 20) // 512} sectors",
                       "bytes_written"):
             assert field in text
 

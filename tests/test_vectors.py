@@ -58,12 +58,12 @@ SUPPORTED_IV = [v for v in IV if v["ivmode"].split(":")[0] in IV_MODES]
 
 @pytest.mark.parametrize("v", SUPPORTED_IV, ids=lambda v: f"{v['ivmode']}-{v['sector_size']}"
                                                            f"{'-large' if v['large_iv'] else ''}")
-async def test_cryptsetup_iv_vectors(tmp_path, backend_name, v):
+async def test_cryptsetup_iv_vectors(tmp_path, crypto_path, v):
     image = tmp_path / "image"
     image.write_bytes(bytes(v["data_length"]))
     daemon = open_plain(image, bytes.fromhex(v["key"]), cipher=v["cipher"],
                         sector_size=v["sector_size"], skip=v["iv_offset"],
-                        iv_large_sectors=v["large_iv"], backend=backend_name)
+                        iv_large_sectors=v["large_iv"], **crypto_path)
     assert await daemon.device.write(0, bytes(v["data_length"])) == v["data_length"]
     assert bytes(await daemon.device.read(0, v["data_length"])) == bytes(v["data_length"])
     daemon.close()

@@ -1,0 +1,212 @@
+"""Multi data unit: the native vectorised backend against per-unit AES, the convert loop's
+path choice and failure semantics, and byte-identical ciphertext across every path."""
+
+import logging
+import random
+
+import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import backends
+from backends.base import CryptoRequest, Op
+from backends.multidu import CUTOFF, MultiDuBackend
+from backends.software import SoftwareBackend
+from cryptfs import verify
+from cryptfs.convert import Converter, choose_path
+from cryptfs.geometry import Geometry
+from cryptfs.ivgen import IV_MODES
+from cryptfs.spec import parse_spec
+from cryptfs.stats import Stats
+from helpers import open_plain
+
+COUNTER_MODES = {"plain", "plain64", "plain64be"}
+
+
+def reference(spec, key: bytes, op: Op, data: bytes, du: int, first: int, step: int) -> bytes:
+    """Unit by unit with pyca/cryptography and dm-crypt IVs: what the kernel computes."""
+    ivgen = IV_MODES[spec.ivmode].generator(key, spec.ivopts)
+    out = bytearray()
+    for i in range(len(data) // du):
+        iv = ivgen(first + i * step)
+        mode = modes.XTS(iv) if spec.mode == "xts" else modes.CBC(iv)
+        cipher = Cipher(algorithms.AES(key), mode)
+        ctx = cipher.encryptor() if op is Op.ENCRYPT else cipher.decryptor()
+        out += ctx.update(data[i * du:(i + 1) * du])
+    return bytes(out)
+
+
+def request_iv(spec, key, first: int) -> bytes:
+    """What the convert loop hands multidu: the IV for counter modes, else the plain64 counter."""
+    mode = spec.ivmode if spec.ivmode in COUNTER_MODES else "plain64"
+    return IV_MODES[mode].generator(key, spec.ivopts)(first)
+
+
+@pytest.mark.parametrize("path", ["vectorised", "unit-by-unit"])
+@pytest.mark.parametrize("cipher", verify.CIPHERS)
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_multidu_matches_per_unit_aes(cipher, path, data):
+    spec = parse_spec(cipher)
+    rng = random.Random(data.draw(st.integers(0, 2**32)))
+    key = rng.randbytes(spec.default_key_bits // 8)
+    du = data.draw(st.sampled_from([512, 1024, 2048, 4096]))
+    n = data.draw(st.integers(1, 40))
+    step = data.draw(st.sampled_from([1, du // 512]))
+    first = data.draw(st.integers(0, 2**40)) if spec.ivmode != "plain" else \
+        data.draw(st.integers(0, 2**32 - 1 - n * step))         # plain: no 32-bit wrap here
+    op = data.draw(st.sampled_from(list(Op)))
+    backend = MultiDuBackend(spec, bytearray(key),
+                             {"min_units": 1 if path == "vectorised" else 1 << 30})
+    src = rng.randbytes(n * du)
+    dst = bytearray(len(src))
+    backend.submit(CryptoRequest(op, memoryview(src), memoryview(dst),
+                                 request_iv(spec, key, first), du, step))
+    assert bytes(dst) == reference(spec, key, op, src, du, first, step)
+
+
+def test_cutoffs_cover_every_mode_direction_and_size():
+    assert {(m, op.value, du) for m in ("xts", "cbc") for op in Op
+            for du in (512, 1024, 2048, 4096)} == set(CUTOFF)
+
+
+def test_caps_say_what_multidu_derives():
+    caps = MultiDuBackend(parse_spec("aes-cbc-essiv:sha256"), bytearray(32)).caps
+    assert caps.native_multi_du and {"essiv", "benbi", "null"} <= caps.derived_iv_modes
+    software = SoftwareBackend(parse_spec("aes-xts-plain64"), bytearray(range(64)))
+    assert not software.caps.native_multi_du
+
+
+@pytest.mark.parametrize("cipher, backend, multi, fragment", [
+    ("aes-xts-plain64", "software", True, "multi_du (auto-split): plain64 IVs as a little-endian"),
+    ("aes-xts-plain64be", "multidu", True, "multi_du (native): plain64be IVs as a big-endian"),
+    ("aes-cbc-essiv:sha256", "software", False, "IV mode essiv is no counter and backend "
+                                                "software cannot derive it"),
+    ("aes-cbc-essiv:sha256", "multidu", True, "essiv IVs as derived by the backend"),
+    ("aes-cbc-plain", "multidu", True, "per-sector where plain wraps at 2^32"),
+])
+def test_path_choice_and_reason(cipher, backend, multi, fragment):
+    spec = parse_spec(cipher)
+    b = backends.create(backend, spec, bytearray(range(spec.default_key_bits // 8)))
+    chosen, reason = choose_path("multi_du", spec, Geometry(4096, 0, 1 << 20), b)
+    assert chosen is multi and fragment in reason
+    assert "step 8" in reason if multi else True
+    assert choose_path("per_sector", spec, Geometry(4096, 0, 1 << 20), b) == \
+        (False, "per_sector requested")
+
+
+async def test_backend_rejecting_the_unit_size_falls_back_and_opens(tmp_path, caplog):
+    from cryptfs.config import load
+    from cryptfs.daemon import Daemon
+    from cryptfs.formats import open_volume
+    from cryptfs.image import Image
+    from cryptfs.volume import KeySource
+
+    (tmp_path / "image").write_bytes(bytes(1 << 20))
+    (tmp_path / "key").write_bytes(bytes(range(64)))
+    (tmp_path / "c.toml").write_text(f"""
+[device]
+type = "plain"
+[crypto]
+key_file = "{tmp_path / 'key'}"
+sector_size = 4096
+[pipeline]
+mode = "multi_du"
+[backend]
+name = "multidu"
+[backend.multidu]
+data_unit_sizes = [512]     # an engine that advertises multi-DU, but not of 4096 bytes
+""")
+    config = load(str(tmp_path / "c.toml"))
+    image = Image(str(tmp_path / "image"))
+    with caplog.at_level(logging.WARNING):
+        daemon = Daemon(open_volume(image, config, KeySource(config.crypto.key_file)), image,
+                        config)
+    assert "advertises multi data unit requests but not of 4096 bytes" in caplog.text
+    status = daemon.status()
+    assert status["crypto_path"] == "per_sector"
+    assert "rejects data unit size 4096 (512)" in status["crypto_path_reason"]
+    data = random.randbytes(40000)
+    assert await daemon.device.write(5000, data) == len(data)       # and the device works
+    assert bytes(await daemon.device.read(5000, len(data))) == data
+    daemon.close()
+
+
+class RunsOutOfMemory(MultiDuBackend):
+    """Every multi data unit request fails for lack of memory; counts what it was given."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.multi_requests = 0
+
+    def submit(self, req):
+        if req.n_units > 1:
+            self.multi_requests += 1
+            raise MemoryError
+        return super().submit(req)
+
+
+@pytest.mark.parametrize("op", list(Op))
+def test_memory_pressure_retries_per_sector_once_and_terminates(op):
+    spec, key = parse_spec("aes-xts-plain64"), bytes(range(64))
+    backend = RunsOutOfMemory(spec, bytearray(key), {})
+    stats = Stats()
+    conv = Converter(backend, SoftwareBackend(spec, key), spec, key, Geometry(512, 0, 1 << 20),
+                     stats, mode="multi_du")
+    data = random.randbytes(64 * 512)
+    out = bytearray(len(data))
+    for bio in range(10):
+        conv.convert_sync(op, bio * 64, memoryview(data), memoryview(out))
+        assert bytes(out) == reference(spec, key, op, data, 512, bio * 64, 1)
+    assert backend.multi_requests == 10            # one multi-DU attempt per bio, never again
+    assert stats.snapshot()["multi_du_retried_bios"] == 10
+    assert "retries" not in stats.snapshot()       # the per-sector retry itself succeeded
+
+
+async def test_injected_allocation_failure_goes_per_sector(tmp_path):
+    image = tmp_path / "image"
+    image.write_bytes(bytes(1 << 20))
+    daemon = open_plain(image, bytes(range(64)), backend="multidu", mode="multi_du",
+                        inject_alloc_failure=1.0)
+    data = random.randbytes(300000)
+    assert await daemon.device.write(1000, data) == len(data)
+    assert bytes(await daemon.device.read(1000, len(data))) == data
+    counters = daemon.stats.snapshot()
+    assert counters["multi_du_alloc_failures"] >= 2
+    assert daemon.backend.statistics().get("vectorised", 0) == 0   # nothing went multi-DU
+    daemon.close()
+
+
+def test_plain_iv_wrap_goes_per_sector_and_matches():
+    spec, key = parse_spec("aes-cbc-plain"), bytes(range(32))
+    stats = Stats()
+    geometry = Geometry(512, 0, 1 << 20, iv_offset=2**32 - 5)
+    conv = Converter(MultiDuBackend(spec, bytearray(key), {"min_units": 1}),
+                     SoftwareBackend(spec, key), spec, key, geometry, stats, mode="multi_du")
+    data = random.randbytes(16 * 512)
+    out = bytearray(len(data))
+    conv.convert_sync(Op.ENCRYPT, 0, memoryview(data), memoryview(out))   # crosses 2^32
+    assert bytes(out) == reference(spec, key, Op.ENCRYPT, data, 512, 2**32 - 5, 1)
+    conv.convert_sync(Op.ENCRYPT, 100, memoryview(data), memoryview(out))  # past it: multi-DU
+    assert bytes(out) == reference(spec, key, Op.ENCRYPT, data, 512, 2**32 + 95, 1)
+    assert stats.snapshot()["plain_wrap_per_sector"] == 1
+
+
+def test_verify_finds_every_path_identical_and_catches_a_broken_one(monkeypatch):
+    names = sorted(backends.REGISTRY)
+    runs = verify.verify(1 << 20, 7, names)
+    assert len(runs) == len(verify.CIPHERS) * 3 * len(names) * 2
+    assert verify.mismatches(runs) == []
+    assert all(run.reads_ok for run in runs)
+    assert any("native" in run.path for run in runs) and any("auto-split" in run.path
+                                                            for run in runs)
+    # a backend whose XTS tweaks are off by one block must be caught
+    from backends import multidu
+    real = multidu.expand_tweaks
+    monkeypatch.setattr(multidu, "expand_tweaks",
+                        lambda t0, blocks: real(t0, blocks)[[*range(1, len(t0) * blocks), 0]])
+    runs = verify.verify(1 << 20, 7, ["software", "multidu"], ciphers=("aes-xts-plain64",),
+                         layouts=((512, False),))
+    assert [(r.backend, r.mode) for r in verify.mismatches(runs)] == [("multidu", "multi_du")]
+    assert "✗" in verify.table(runs, ["software", "multidu"])
