@@ -15,6 +15,7 @@ from .base import Backend, CryptoFailure
 REGISTRY = {
     "software": "backends.software:SoftwareBackend",
     "multidu": "backends.multidu:MultiDuBackend",
+    "engine": "backends.engine:EngineBackend",
 }
 
 

@@ -13,7 +13,7 @@ import os
 import sys
 
 from . import __version__
-from .config import Config, load
+from .config import Config, apply_setting, load
 from .errors import BusyError, CryptfsError, KeyMaterialError, MountError
 from .mounts import mount_type
 
@@ -65,7 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-r", "--read-only", action="store_const", const=True)
     p.add_argument("--allow-discards", action="store_const", const=True,
                    help="punch the ciphertext on discard")
-    p.add_argument("--backend", help="crypto backend (default software)")
+    p.add_argument("--backend", help="crypto backend: multidu (default), software, engine")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="any config key, e.g. pipeline.mode=per_sector or "
+                        "backend.engine.error_rate=0.01 (repeatable)")
     p.add_argument("-f", "--foreground", action="store_true",
                    help="stay attached and log to stderr")
     p.add_argument("--log-file", metavar="FILE", help="where the daemon logs once detached")
@@ -121,8 +124,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", parents=[common], help="fio benchmarks, side by side",
                        description="Run fio against mounted devices and report medians, "
                                    "ratios and the daemon's CPU per GiB.")
-    p.add_argument("study", choices=("multidu",),
-                   help="multidu: per-sector vs auto-split vs native multi data unit")
+    p.add_argument("study", choices=("multidu", "engine"),
+                   help="multidu: per-sector vs auto-split vs native multi data unit; "
+                        "engine: the simulated engine, native multi-DU on and off, and where "
+                        "offload beats the CPU")
     p.add_argument("--runtime", type=float, default=5, metavar="S", help="seconds per fio run")
     p.add_argument("--reps", type=int, default=3, help="repetitions (medians are reported)")
     p.add_argument("--sector-size", type=int, action="append", dest="sector_sizes",
@@ -159,6 +164,8 @@ def _config(args: argparse.Namespace) -> Config:
         value = getattr(args, flag, None)
         if value is not None:
             config.set(section, key, value, origin="--" + flag.replace("_", "-"))
+    for setting in getattr(args, "set", []):
+        apply_setting(config, setting)
     return config
 
 
@@ -346,16 +353,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from .bench import multidu
+    from .bench import engine, multidu
     if not shutil.which("fio"):
         raise CryptfsError("fio is not installed (make deps installs it)")
+    print(f"cryptfs bench {args.study} — {platform.node()}, {os.cpu_count()} CPUs\n")
+    if args.study == "engine":
+        total = args.reps * len(engine.COMPARE_JOBS) * len(engine.compare_targets()) + \
+            len(engine.sweep_targets())
+        with tqdm(total=total, desc="bench", unit="run", disable=not sys.stderr.isatty(),
+                  leave=False) as bar:
+            print(engine.study(args.runtime, args.reps, progress=bar.update))
+        return 0
     sizes = tuple(args.sector_sizes or (512, 4096))
     total = len(sizes) * len(multidu.JOBS) * len(multidu.targets(512)) * args.reps
     with tqdm(total=total, desc="bench", unit="run", disable=not sys.stderr.isatty(),
               leave=False) as bar:
         rows = multidu.study(args.runtime, args.reps, sector_sizes=sizes, progress=bar.update)
-    print(f"cryptfs bench multidu — {platform.node()}, {os.cpu_count()} CPUs, "
-          f"fio psync direct=1 QD1, {args.runtime:g} s × {args.reps} runs interleaved, medians\n")
+    print(f"fio psync direct=1, {args.runtime:g} s × {args.reps} runs interleaved, medians\n")
     print(multidu.markdown(rows))
     return 0
 
@@ -423,6 +437,8 @@ def format_status(mountpoint: str, s: dict) -> str:
         f"{' (iv_large_sectors)' if s['iv_large_sectors'] else ''}",
         f"  backend:     {s['backend']} ({s['crypto_path']}; reads {s['reads']}, "
         f"writes {s['writes']}, queue depth {s['queue_depth']})",
+        f"  crypto path: {s['crypto_path_reason']}",
+        *([f"  refused:     {s['backend_refused']}"] if s.get("backend_refused") else []),
         f"  discards:    {_discard_state(s)}",
         f"  daemon pid:  {s['pid']}",
         "  counters:",

@@ -98,8 +98,8 @@ class PipelineSection:
 
 @dataclass
 class BackendSection:
-    name: str = _key("multidu", "crypto backend: multidu (native multi data unit) or software "
-                     "(one cryptography call per data unit)")
+    name: str = _key("multidu", "crypto backend: multidu (native multi data unit), software "
+                     "(one cryptography call per data unit) or engine (simulated hardware)")
     options: dict = field(default_factory=dict)   # [backend.<name>] tables, checked per backend
 
 
@@ -151,6 +151,27 @@ _TYPE_NAMES = {bool: "boolean", int: "integer", str: "string", float: "number", 
 def _type_name(kind: type, article: bool = True) -> str:
     name = _TYPE_NAMES.get(kind, kind.__name__)
     return f"{'an' if name[0] in 'aeiou' else 'a'} {name}" if article else name
+
+
+def apply_setting(config: Config, setting: str) -> None:
+    """``section.key=value`` or ``backend.NAME.key=value`` (value in TOML syntax, or a bare
+    string), as a command line gives it; checked like the file."""
+    name, sep, text = setting.partition("=")
+    parts = name.strip().split(".")
+    if not sep or len(parts) not in (2, 3) or (len(parts) == 3 and parts[0] != "backend"):
+        raise ConfigError(f"--set {setting}: expected section.key=value or "
+                          "backend.NAME.key=value")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    if len(parts) == 3:
+        config.backend.options.setdefault(parts[1], {})[parts[2]] = value
+    elif parts[0] not in SECTIONS:
+        raise ConfigError(f"--set {setting}: unknown section [{parts[0]}] "
+                          f"(known: {', '.join(SECTIONS)})")
+    else:
+        config.set(parts[0], parts[1], value, origin=f"--set {name}")
 
 
 def load(path: str | None) -> Config:

@@ -24,6 +24,7 @@ from .fuse_ops import DeviceOperations
 from .image import Image
 from .mounts import mount_type
 from .queue import RequestQueue
+from .selftest import known_answer
 from .stats import Stats
 from .volume import Volume
 
@@ -38,20 +39,39 @@ class Daemon:
         spec, key = volume.spec, volume.key.buffer
         options = backend_options(config, backends.backend_class(config.backend.name).OPTIONS)
         self.backend = backends.create(config.backend.name, spec, key, options)
-        fallback = (self.backend if isinstance(self.backend, SoftwareBackend)
-                    else SoftwareBackend(spec, key))
+        self.fallback = SoftwareBackend(spec, key)
+        self.fallen_back: str | None = None     # why the configured backend was refused
         self.stats = Stats()
-        pipeline = config.pipeline
-        self.converter = Converter(self.backend, fallback, spec, key, volume.geometry,
-                                   self.stats, mode=pipeline.mode,
-                                   completion_timeout=pipeline.completion_timeout,
-                                   alloc_failure_rate=pipeline.inject_alloc_failure)
+        self.converter = self._converter(self.backend)
         self.queue = RequestQueue(image, self.converter, volume.geometry, config.pipeline,
                                   self.stats)
         self.device = Device(volume.geometry, self.queue, image, self.stats,
                              read_only=config.device.read_only,
                              allow_discards=config.device.allow_discards)
         self.discard_available = False
+
+    def _converter(self, backend) -> Converter:
+        pipeline, v = self.config.pipeline, self.volume
+        return Converter(backend, self.fallback, v.spec, v.key.buffer, v.geometry, self.stats,
+                         mode=pipeline.mode, completion_timeout=pipeline.completion_timeout,
+                         alloc_failure_rate=pipeline.inject_alloc_failure)
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Start an asynchronous backend's own task and self-test it; a backend that fails
+        is logged and replaced by ``software`` — the device still opens."""
+        if not self.backend.caps.asynchronous:
+            return
+        await nursery.start(self.backend.run)
+        v, pipeline = self.volume, self.config.pipeline
+        problem = await known_answer(self.backend, v.spec, v.key.buffer, v.geometry,
+                                     pipeline.mode, pipeline.completion_timeout)
+        if problem:
+            log.warning("backend %s failed its self-test (%s): using software instead",
+                        self.backend.name, problem)
+            self.fallen_back = f"{self.backend.name} failed its self-test: {problem}"
+            self.backend.close()
+            self.backend = self.fallback
+            self.converter = self.queue.converter = self._converter(self.backend)
 
     def status(self) -> dict:
         v, g, p = self.volume, self.volume.geometry, self.queue
@@ -71,6 +91,7 @@ class Daemon:
             "backend": self.backend.name,
             "crypto_path": "multi_du" if self.converter.multi_du else "per_sector",
             "crypto_path_reason": self.converter.reason,
+            "backend_refused": self.fallen_back,
             "reads": "offload" if p.offload_reads else "inline",
             "writes": "offload" if p.offload_writes else "inline",
             "queue_depth": p.depth,
@@ -79,7 +100,9 @@ class Daemon:
         }
 
     def close(self) -> None:
-        self.backend.close()
+        if self.backend is not self.fallback:
+            self.backend.close()
+        self.fallback.close()
         self.volume.close()
         self.image.close()
 
@@ -98,6 +121,7 @@ async def serve(daemon: Daemon, mountpoint: str, ready: Callable[[], None]) -> N
     pyfuse3.init(ops, mountpoint, fuse_options(daemon.config))
     try:
         async with trio.open_nursery() as nursery:
+            await daemon.start(nursery)
             daemon.discard_available = fuse_fallocate.install(nursery, ops.fallocate)
             nursery.start_soon(_watch_signals)
             ready()

@@ -34,10 +34,17 @@ class RequestQueue:
         self.stats = stats
         self.depth = pipeline.queue_depth
         self._slots = trio.Semaphore(self.depth)
-        sync = not converter.asynchronous
-        self.offload_reads = sync and not pipeline.no_read_workqueue
-        self.offload_writes = sync and not pipeline.no_write_workqueue
+        self._offload = {Op.DECRYPT: not pipeline.no_read_workqueue,
+                         Op.ENCRYPT: not pipeline.no_write_workqueue}
         self._threads = trio.CapacityLimiter(pipeline.crypto_threads or os.cpu_count() or 1)
+
+    @property
+    def offload_reads(self) -> bool:
+        return self._offload[Op.DECRYPT] and not self.converter.asynchronous
+
+    @property
+    def offload_writes(self) -> bool:
+        return self._offload[Op.ENCRYPT] and not self.converter.asynchronous
 
     def _offset(self, unit: int) -> int:
         return self.geometry.payload_offset + unit * self.geometry.sector_size

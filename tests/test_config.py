@@ -1,5 +1,7 @@
 """Config: the reference, and one clear line for every kind of mistake."""
 
+import re
+
 import pytest
 
 from cryptfs.config import Config, backend_options, load, reference
@@ -91,3 +93,19 @@ def test_reference_lists_every_key():
     for key in ("[device] offset", "[crypto] iv_large_sectors", "[pipeline] no_read_workqueue",
                 "[backend] name"):
         assert key in text
+
+
+def test_set_from_the_command_line():
+    from cryptfs.config import apply_setting
+    c = Config()
+    apply_setting(c, "pipeline.mode=per_sector")
+    apply_setting(c, "backend.engine.error_rate=0.01")
+    apply_setting(c, "device.header=/tmp/hdr")                 # a bare string
+    assert c.pipeline.mode == "per_sector" and c.device.header == "/tmp/hdr"
+    assert c.backend.options == {"engine": {"error_rate": 0.01}}
+    for bad, message in (("pipeline.mode", "expected section.key=value"),
+                         ("pipe.mode=x", "unknown section [pipe]"),
+                         ("pipeline.queue_depth=0", "--set pipeline.queue_depth must be between"),
+                         ("crypto.sector_size='4k'", "must be an integer")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            apply_setting(c, bad)

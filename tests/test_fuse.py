@@ -250,3 +250,32 @@ async def test_passphrase_on_stdin_is_hashed_like_cryptsetup(volume):
     daemon = open_plain(image, expected_key, cipher="aes-cbc-essiv:sha256")
     assert bytes(await daemon.device.read(0, 10000)) == b"cryptsetup" * 1000
     daemon.close()
+
+
+@needs("fio")
+def test_fio_verify_through_a_faulty_engine(volume):
+    """1 % completion errors, lost completions and BUSY storms: fio's crc32c verify still
+    passes, the counters show the retries, and it all ends in bounded time."""
+    image, key, mnt = volume
+    faults = ["backend.engine.error_rate=0.01", "backend.engine.lost_rate=0.002",
+              "backend.engine.busy_storm_every=50", "backend.engine.busy_storm_length=10",
+              "backend.engine.queue_depth=8", "backend.engine.seed=5",
+              "pipeline.completion_timeout=0.2"]
+    settings = [arg for f in faults for arg in ("--set", f)]
+    with mounted(image, mnt, "--type", "plain", "--key-file", key, "--backend", "engine",
+                 *settings):
+        result = subprocess.run([
+            "fio", "--name=verify", f"--filename={mnt}/device", "--rw=randwrite",
+            "--bsrange=512-64k", "--bs_unaligned=1", "--numjobs=4", "--size=4M",
+            "--offset_increment=8M", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1",
+            "--direct=1", "--ioengine=psync", "--group_reporting", "--output-format=json",
+            "--verify_state_save=0"], capture_output=True, text=True, timeout=300,
+            cwd=mnt.parent)
+        assert result.returncode == 0, result.stderr + result.stdout[-2000:]
+        s = status(mnt)
+    assert s["backend"] == "engine" and s["backend_refused"] is None
+    engine, counters = s["backend_stats"], s["counters"]
+    assert engine["errors_injected"] > 0 and engine["lost"] > 0 and engine["busy"] > 0
+    assert counters["retries"] >= engine["errors_injected"]
+    assert counters["timeouts"] >= 1
+    assert "p99_us" in engine and engine["in_flight"] == 0

@@ -13,13 +13,14 @@ class Job:
     ioengine: str = "psync"
     iodepth: int = 1
     numjobs: int = 1
+    extra: tuple[str, ...] = ()         # further fio options, e.g. ("--end_fsync=1",)
 
     def args(self, filename: str, runtime: float, size: str) -> list[str]:
         return ["fio", f"--name={self.name}", f"--filename={filename}", f"--rw={self.rw}",
                 f"--bs={self.bs}", f"--ioengine={self.ioengine}", f"--iodepth={self.iodepth}",
                 f"--numjobs={self.numjobs}", "--direct=1", "--time_based=1",
                 f"--runtime={runtime}", f"--size={size}", "--group_reporting=1",
-                "--output-format=json", "--verify_state_save=0"]
+                "--output-format=json", "--verify_state_save=0", *self.extra]
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,11 @@ from dataclasses import dataclass, field
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def read_status(mountpoint: str) -> dict:
+    with open(os.path.join(mountpoint, "stats")) as f:
+        return json.load(f)
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of process ``pid`` (all its threads), from /proc."""
     with open(f"/proc/{pid}/stat") as f:
@@ -37,6 +42,10 @@ class CryptfsTarget:
                  f"no_read_workqueue = {str(not self.offload).lower()}",
                  f"no_write_workqueue = {str(not self.offload).lower()}",
                  "[backend]", f'name = "{self.backend}"']
+        if self.extra:
+            lines.append(f"[backend.{self.backend}]")
+            lines += [f"{k} = {str(v).lower() if isinstance(v, bool) else v}"
+                      for k, v in self.extra.items()]
         return "\n".join(lines) + "\n"
 
     @contextmanager
@@ -51,9 +60,7 @@ class CryptfsTarget:
         subprocess.run(cli + ["open", image, mnt, "--config", conf], check=True,
                        capture_output=True)
         try:
-            with open(os.path.join(mnt, "stats")) as f:
-                pid = json.load(f)["pid"]
-            yield os.path.join(mnt, "device"), pid
+            yield os.path.join(mnt, "device"), read_status(mnt)["pid"]
         finally:
             for _ in range(50):
                 if subprocess.run(cli + ["close", mnt], capture_output=True).returncode == 0:

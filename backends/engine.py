@@ -1,0 +1,205 @@
+"""``engine``: a simulated asynchronous hardware crypto engine behind the backend contract.
+
+What is simulated is the engine's *timing*; the bytes are computed by a real cipher (the
+``multidu`` code), so data stays right unless a fault says otherwise.
+
+* A ring of ``queue_depth`` slots: ``submit`` returns IN_PROGRESS while a slot is free, BUSY
+  when the ring is full — the request then waits on the backlog and its callback first gets
+  RESTART (``-EINPROGRESS``) when it enters the ring, then its result.
+* ``channels`` jobs run at once, in ring order.  A job takes ``setup_us`` + ``per_unit_us`` per
+  data unit + its bytes at ``throughput_mbps``; without ``native_multi_du`` a request is one job
+  per data unit, each paying the setup (the point of the comparison).
+* Completions come by callback from the engine's own task, never from the submitter's.
+* Faults, each from its own seeded stream: ``error_rate`` (completion with -EIO),
+  ``lost_rate`` (no completion ever: the convert loop's timeout must notice), ``busy_storm``
+  (every so many submissions the ring claims to be full for a while), ``nomem_rate``
+  (-ENOMEM for multi-unit requests: memory pressure) and ``corrupt`` (wrong output, which the
+  start-up self-test catches).
+
+The bytes are computed at the start of a job's simulated time and the job completes when that
+time is over (``overruns`` counts jobs whose computing took longer).  Host CPU spent computing
+them is counted apart (``engine_compute_cpu_s``): it stands for work the hardware would do, so
+studies subtract it from the daemon's CPU time.
+"""
+
+import errno
+import random
+import time
+from collections import deque
+
+import trio
+import trio.testing
+
+from cryptfs.spec import CipherSpec
+
+from .base import RESTART, BackendStats, Caps, CryptoRequest, Status
+from .latency import LatencyWindow
+from .multidu import MultiDuBackend
+
+
+def _probability(value) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("between 0 and 1")
+
+
+def _at_least(low):
+    def check(value):
+        if value < low:
+            raise ValueError(f"at least {low}")
+    return check
+
+
+class EngineBackend:
+    name = "engine"
+    OPTIONS = {
+        "queue_depth": (int, 64, _at_least(1), "ring slots"),
+        "channels": (int, 1, _at_least(1), "jobs the engine runs at once"),
+        "setup_us": (float, 20.0, _at_least(0), "per-job setup latency, microseconds"),
+        "per_unit_us": (float, 0.5, _at_least(0), "per data unit cost, microseconds"),
+        "throughput_mbps": (float, 1000.0, _at_least(1), "bytes per second per channel, MB/s"),
+        "native_multi_du": (bool, True, None, "one job per request (else one per data unit)"),
+        "error_rate": (float, 0.0, _probability, "fault: completions with -EIO"),
+        "lost_rate": (float, 0.0, _probability, "fault: completions that never come"),
+        "busy_storm_every": (int, 0, _at_least(0),
+                             "fault: every N submissions the ring claims to be full (0: never)"),
+        "busy_storm_length": (int, 16, _at_least(1), "fault: submissions a storm lasts"),
+        "nomem_rate": (float, 0.0, _probability, "fault: -ENOMEM for multi-unit requests"),
+        "corrupt": (bool, False, None, "fault: wrong output (the self-test refuses the engine)"),
+        "seed": (int, 0, None, "seed of the fault streams"),
+    }
+
+    def __init__(self, spec: CipherSpec, key: bytes | bytearray, options: dict | None = None):
+        o = {name: default for name, (_, default, _, _) in self.OPTIONS.items()}
+        o.update(options or {})
+        self.options = o
+        self._cipher = MultiDuBackend(spec, key, {})
+        self.caps = Caps(native_multi_du=o["native_multi_du"], asynchronous=True,
+                         derived_iv_modes=self._cipher.caps.derived_iv_modes,
+                         max_queue=o["queue_depth"])
+        rng = random.Random(o["seed"])
+        self._faults = {name: random.Random(rng.random())
+                        for name in ("error", "lost", "nomem")}
+        self._send, self._jobs = trio.open_memory_channel(float("inf"))
+        self._in_ring = 0
+        self._backlog: deque[tuple[CryptoRequest, float]] = deque()
+        self._submitted = 0
+        self._nursery: trio.Nursery | None = None       # the engine's, once run() started
+        self._stats = BackendStats()
+        self._latency = LatencyWindow()
+        self._extra = {"busy": 0, "backlog_high_water": 0, "completed": 0, "errors_injected": 0,
+                       "lost": 0, "nomem_injected": 0, "overruns": 0, "engine_busy_s": 0.0,
+                       "engine_compute_cpu_s": 0.0, "engine_wait_cpu_s": 0.0}
+
+    # --- the submitter's side ------------------------------------------------------------
+
+    def submit(self, req: CryptoRequest) -> Status:
+        self._stats.count(req)
+        self._submitted += 1
+        every = self.options["busy_storm_every"]
+        storm = every and (self._submitted % every) < self.options["busy_storm_length"]
+        job = (req, time.monotonic())
+        if self._in_ring < self.options["queue_depth"] and not storm and not self._backlog:
+            self._in_ring += 1
+            self._send.send_nowait(job)
+            return Status.IN_PROGRESS
+        self._backlog.append(job)
+        self._extra["busy"] += 1
+        self._extra["backlog_high_water"] = max(self._extra["backlog_high_water"],
+                                                len(self._backlog))
+        if self._in_ring < self.options["queue_depth"]:
+            # a storm with free slots: no completion will free one, so the engine looks again
+            self._nursery.start_soon(self._promote_after_setup)
+        return Status.BUSY
+
+    # --- the engine's side ---------------------------------------------------------------
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """The engine: ``channels`` tasks taking jobs from the ring.  Runs until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for _ in range(self.options["channels"]):
+                nursery.start_soon(self._channel)
+            task_status.started()
+
+    def _duration(self, req: CryptoRequest) -> float:
+        o = self.options
+        jobs = 1 if o["native_multi_du"] else req.n_units
+        return (jobs * o["setup_us"] + req.n_units * o["per_unit_us"]) / 1e6 + \
+            len(req.src) / (o["throughput_mbps"] * 1e6)
+
+    async def _channel(self) -> None:
+        async for req, queued in self._jobs:
+            seconds = self._duration(req)
+            done_at = trio.current_time() + seconds
+            err = self._execute(req)        # the bytes, computed inside the simulated time
+            if trio.current_time() > done_at:
+                self._extra["overruns"] += 1    # computing took longer than the engine would
+            await self._wait_until(done_at)
+            self._extra["engine_busy_s"] += seconds
+            self._in_ring -= 1
+            self._promote()
+            if self._faults["lost"].random() < self.options["lost_rate"]:
+                self._extra["lost"] += 1
+                continue
+            self._extra["completed"] += 1
+            self._latency.add(time.monotonic() - queued)
+            req.callback(req, err)
+
+    async def _wait_until(self, deadline: float) -> None:
+        """Sleep until ``deadline`` with microsecond precision.
+
+        trio sleeps through epoll, whose timeout has millisecond resolution: good enough for
+        the mock clock of the tests, far too coarse for microsecond jobs.  So the last stretch
+        is spent yielding to other tasks in a loop; that CPU time is the simulation's, counted
+        as ``engine_wait_cpu_s`` and left out of host CPU like the compute."""
+        if isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
+            await trio.sleep_until(deadline)
+            return
+        if deadline - trio.current_time() > 0.002:
+            await trio.sleep_until(deadline - 0.0015)
+        start = time.thread_time()
+        while trio.current_time() < deadline:
+            await trio.lowlevel.checkpoint()
+        self._extra["engine_wait_cpu_s"] += time.thread_time() - start
+
+    def _execute(self, req: CryptoRequest) -> int:
+        """Compute the request's bytes, or the error a fault calls for (0 or -errno)."""
+        if req.n_units > 1 and self._faults["nomem"].random() < self.options["nomem_rate"]:
+            self._extra["nomem_injected"] += 1
+            return -errno.ENOMEM
+        if self._faults["error"].random() < self.options["error_rate"]:
+            self._extra["errors_injected"] += 1
+            self._stats.errors += 1
+            return -errno.EIO
+        start = time.thread_time()
+        self._cipher.submit(req)
+        if self.options["corrupt"]:
+            req.dst[0] ^= 0x5A
+        self._extra["engine_compute_cpu_s"] += time.thread_time() - start
+        return 0
+
+    async def _promote_after_setup(self) -> None:
+        await trio.sleep(self.options["setup_us"] / 1e6)
+        self._promote()
+
+    def _promote(self) -> None:
+        """A slot came free: the oldest backlogged request enters the ring (and is told)."""
+        while self._backlog and self._in_ring < self.options["queue_depth"]:
+            job = self._backlog.popleft()
+            self._in_ring += 1
+            self._send.send_nowait(job)
+            job[0].callback(job[0], RESTART)
+
+    # --- reporting -----------------------------------------------------------------------
+
+    def statistics(self) -> dict:
+        stats = self._stats.as_dict()
+        stats.update(self._extra, in_flight=self._in_ring + len(self._backlog),
+                     backlog=len(self._backlog), **self._latency.percentiles())
+        stats["engine_busy_s"] = round(stats["engine_busy_s"], 6)
+        for name in ("engine_compute_cpu_s", "engine_wait_cpu_s"):
+            stats[name] = round(stats[name], 6)
+        return stats
+
+    def close(self) -> None:
+        self._cipher.close()
