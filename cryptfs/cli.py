@@ -444,6 +444,9 @@ def format_status(mountpoint: str, s: dict) -> str:
         "  counters:",
     ]
     counters = {**s["counters"], **{f"backend.{k}": v for k, v in s["backend_stats"].items()}}
+    latency = counters.pop("bio_latency", None)
+    if latency:
+        counters["bio latency (µs)"] = "  ".join(f"{k[:-3]} {v:g}" for k, v in latency.items())
     width = max(map(len, counters), default=0)
     lines += [f"    {k:<{width}}  {v}" for k, v in sorted(counters.items())]
     return "\n".join(lines)

@@ -13,6 +13,7 @@ redone from untouched input.
 """
 
 import os
+import time
 
 import trio
 
@@ -92,12 +93,13 @@ class RequestQueue:
 class _Slot:
     """One queue slot for the duration of a bio; counts in-flight bios and waits."""
 
-    __slots__ = ("_queue",)
+    __slots__ = ("_queue", "_start")
 
     def __init__(self, queue: RequestQueue):
         self._queue = queue
 
     async def __aenter__(self) -> None:
+        self._start = time.perf_counter()
         q = self._queue
         try:
             q._slots.acquire_nowait()       # the common case, without a scheduling point
@@ -108,3 +110,4 @@ class _Slot:
 
     async def __aexit__(self, *exc) -> None:
         self._queue._slots.release()
+        self._queue.stats.bio_latency.add(time.perf_counter() - self._start)

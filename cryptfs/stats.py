@@ -3,12 +3,15 @@
 import threading
 from collections import Counter
 
+from backends.latency import LatencyWindow
+
 
 class Stats:
     def __init__(self):
         self._lock = threading.Lock()
         self._counts: Counter = Counter()
         self._peaks: dict[str, int] = {}
+        self.bio_latency = LatencyWindow()     # queue admission to the end of a bio's crypto+I/O
 
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -22,4 +25,6 @@ class Stats:
 
     def snapshot(self) -> dict:
         with self._lock:
-            return {**self._counts, **self._peaks}
+            counters = {**self._counts, **self._peaks}
+        latency = self.bio_latency.percentiles()
+        return {**counters, **({"bio_latency": latency} if latency else {})}

@@ -162,8 +162,10 @@ def test_fsync_reaches_the_image_and_status_reports_it(volume):
         text = cryptfs("status", mnt, check=True).stdout
         for field in ("type:        PLAIN", "cipher:      aes-xts-plain64", "sector size: 512",
                       "backend:     multidu (multi_du", f"size:        {(32 << 20) // 512} sectors",
-                      "bytes_written"):
+                      "bytes_written", "bio latency (µs)", "p50 "):
             assert field in text
+        latency = status(mnt)["counters"]["bio_latency"]
+        assert 0 < latency["p50_us"] <= latency["p99_us"] <= latency["max_us"]
 
 
 def test_close_refuses_a_busy_device_then_succeeds(volume):
