@@ -1,13 +1,15 @@
-# cryptfs: `make demo` runs the device end to end, `make test` runs the test suite.
-# Both install what is missing first: Debian packages (as root, or with sudo) and a .venv.
+# cryptfs: `make demo` runs the device end to end, `make test` runs the test suite, `make bench`
+# runs the fio matrix against qemu-storage-daemon and a no-crypto ceiling (about 12 minutes).
+# Each installs what is missing first: Debian packages (as root, or with sudo) and a .venv.
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-APT    := fuse3 libfuse3-dev pkg-config fio qemu-utils cryptsetup-bin util-linux
+APT    := fuse3 libfuse3-dev pkg-config fio qemu-utils qemu-system-common cryptsetup-bin \
+          util-linux e2fsprogs
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: deps system demo test clean
+.PHONY: deps system demo test bench clean
 
 deps: system $(VENV)/.installed
 
@@ -29,6 +31,9 @@ demo: deps
 
 test: deps
 	$(PY) -m pytest -q
+
+bench: deps
+	$(PY) -m cryptfs bench peers
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info

@@ -124,12 +124,16 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", parents=[common], help="fio benchmarks, side by side",
                        description="Run fio against mounted devices and report medians, "
                                    "ratios and the daemon's CPU per GiB.")
-    p.add_argument("study", choices=("multidu", "engine"),
-                   help="multidu: per-sector vs auto-split vs native multi data unit; "
-                        "engine: the simulated engine, native multi-DU on and off, and where "
-                        "offload beats the CPU")
-    p.add_argument("--runtime", type=float, default=5, metavar="S", help="seconds per fio run")
+    p.add_argument("study", nargs="?", default="peers", choices=("peers", "multidu", "engine"),
+                   help="peers (default): cryptfs vs qemu-storage-daemon vs a no-crypto "
+                        "passthrough on one LUKS1 image; multidu: per-sector vs auto-split vs "
+                        "native multi data unit; engine: the simulated engine, native multi-DU "
+                        "on and off, and where offload beats the CPU")
+    p.add_argument("--runtime", type=float, default=None, metavar="S",
+                   help="seconds per fio run (default 3 for peers, 5 otherwise)")
     p.add_argument("--reps", type=int, default=3, help="repetitions (medians are reported)")
+    p.add_argument("--quick", action="store_true",
+                   help="peers: a short smoke run (2 jobs, 3 targets, 1 s, 1 repetition)")
     p.add_argument("--sector-size", type=int, action="append", dest="sector_sizes",
                    metavar="BYTES", help="repeatable; default 512 and 4096")
     p.set_defaults(run=cmd_bench)
@@ -353,9 +357,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from .bench import engine, multidu
-    if not shutil.which("fio"):
-        raise CryptfsError("fio is not installed (make deps installs it)")
+    from .bench import engine, multidu, peers
+    for tool in ("fio", "qemu-img", "qemu-storage-daemon")[:1 if args.study != "peers" else 3]:
+        if not shutil.which(tool):
+            raise CryptfsError(f"{tool} is not installed (make bench installs it)")
+    if args.study == "peers":
+        runtime, reps = (1, 1) if args.quick else (args.runtime or 3, args.reps)
+        total = reps * len(peers.targets(args.quick)) * \
+            len(peers.QUICK_JOBS if args.quick else peers.JOBS)
+        with tqdm(total=total, desc="bench", unit="run", disable=not sys.stderr.isatty(),
+                  leave=False) as bar:
+            report, _ = peers.run(runtime, reps, args.quick, progress=bar.update)
+        print(report)
+        return 0
+    args.runtime = args.runtime or 5
     print(f"cryptfs bench {args.study} — {platform.node()}, {os.cpu_count()} CPUs\n")
     if args.study == "engine":
         total = args.reps * len(engine.COMPARE_JOBS) * len(engine.compare_targets()) + \

@@ -18,7 +18,7 @@ import statistics
 import tempfile
 
 from . import fio
-from .targets import CryptfsTarget, cpu_seconds, read_status
+from .targets import BenchImage, CryptfsTarget, cpu_seconds, read_status
 
 #: the documented engine for part 1: a modest accelerator with a real per-job cost
 ENGINE = {"setup_us": 20.0, "per_unit_us": 0.5, "throughput_mbps": 2000.0, "channels": 1,
@@ -31,10 +31,10 @@ THROUGHPUTS = (250, 500, 1000, 2000, 4000, 8000)        # MB/s
 SETUPS = (5, 20, 100)                                   # µs
 
 
-def _measure(target: CryptfsTarget, job: fio.Job, image: str, key: str, workdir: str,
+def _measure(target: CryptfsTarget, job: fio.Job, image: BenchImage, workdir: str,
              runtime: float) -> tuple[float, float, float]:
     """(MiB/s, host CPU seconds per GiB, share of engine jobs that overran) for one run."""
-    with target.mounted(image, key, workdir) as (device, pid):
+    with target.mounted(image, workdir) as (device, pid):
         mnt = os.path.dirname(device)
         cpu0, engine0 = cpu_seconds(pid), _simulation_cpu(mnt)
         result = fio.run(job, device, runtime, "256M", workdir)
@@ -68,10 +68,10 @@ def sweep_targets() -> list[CryptfsTarget]:
 def study(runtime: float = 5, reps: int = 3, sweep_runtime: float = 3, progress=None,
           out_dir: str = "bench-results") -> str:
     with tempfile.TemporaryDirectory(prefix="cryptfs-bench-engine-") as workdir:
-        image, key = os.path.join(workdir, "image"), os.path.join(workdir, "key")
-        with open(image, "wb") as f:
+        image = BenchImage(os.path.join(workdir, "image"), os.path.join(workdir, "key"))
+        with open(image.path, "wb") as f:
             f.truncate(256 << 20)
-        with open(key, "wb") as f:
+        with open(image.key_file, "wb") as f:
             f.write(os.urandom(64))
 
         compare: dict[tuple[str, str], list[tuple[float, float]]] = {}
@@ -79,12 +79,12 @@ def study(runtime: float = 5, reps: int = 3, sweep_runtime: float = 3, progress=
             for job in COMPARE_JOBS:
                 for target in compare_targets():
                     compare.setdefault((job.name, target.label), []).append(
-                        _measure(target, job, image, key, workdir, runtime))
+                        _measure(target, job, image, workdir, runtime))
                     if progress:
                         progress()
         sweep, overran = {}, {}
         for target in sweep_targets():
-            bw, _, late = _measure(target, SWEEP_JOB, image, key, workdir, sweep_runtime)
+            bw, _, late = _measure(target, SWEEP_JOB, image, workdir, sweep_runtime)
             sweep[target.label], overran[target.label] = bw, late
             if progress:
                 progress()

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 
 from . import fio
-from .targets import CryptfsTarget, cpu_seconds
+from .targets import BenchImage, CryptfsTarget, cpu_seconds
 
 JOBS = [fio.Job("seq-read-128k", "read", "128k"), fio.Job("seq-write-128k", "write", "128k"),
         fio.Job("rand-read-4k", "randread", "4k"),
@@ -38,9 +38,9 @@ class Sample:
     cpu_per_gib: float
 
 
-def measure(target: CryptfsTarget, job: fio.Job, image: str, key: str, workdir: str,
+def measure(target: CryptfsTarget, job: fio.Job, image: BenchImage, workdir: str,
             runtime: float, size: str) -> Sample:
-    with target.mounted(image, key, workdir) as (device, pid):
+    with target.mounted(image, workdir) as (device, pid):
         before = cpu_seconds(pid)
         result = fio.run(job, device, runtime, size, workdir)
         cpu = cpu_seconds(pid) - before
@@ -52,10 +52,10 @@ def study(runtime: float = 5, reps: int = 3, image_size: int = 256 << 20,
     """Every (sector size, job, target), ``reps`` times interleaved; rows of medians."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="cryptfs-bench-") as workdir:
-        image, key = os.path.join(workdir, "image"), os.path.join(workdir, "key")
-        with open(image, "wb") as f:
+        image = BenchImage(os.path.join(workdir, "image"), os.path.join(workdir, "key"))
+        with open(image.path, "wb") as f:
             f.truncate(image_size)
-        with open(key, "wb") as f:
+        with open(image.key_file, "wb") as f:
             f.write(os.urandom(64))
         size = f"{image_size // 2**20}M"
         for sector_size in sector_sizes:
@@ -63,7 +63,7 @@ def study(runtime: float = 5, reps: int = 3, image_size: int = 256 << 20,
                 samples: dict[str, list[Sample]] = {}
                 for _ in range(reps):
                     for target in targets(sector_size):
-                        s = measure(target, job, image, key, workdir, runtime, size)
+                        s = measure(target, job, image, workdir, runtime, size)
                         samples.setdefault(target.label, []).append(s)
                         if progress:
                             progress()

@@ -1,13 +1,18 @@
-"""Things fio can be pointed at: a cryptfs mount in a given configuration (and, later, its
-peers), each reporting the CPU time its daemon spent."""
+"""Things fio can be pointed at — cryptfs in a given configuration, qemu-storage-daemon's FUSE
+export of the same LUKS image, and a no-crypto pyfuse3 passthrough — each yielding the device
+file and the pid whose CPU time is charged to it, and each taken down whatever happens
+(including Ctrl-C)."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+
+from ..mounts import mount_type
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -25,8 +30,39 @@ def cpu_seconds(pid: int) -> float:
 
 
 @dataclass(frozen=True)
+class BenchImage:
+    """The image every target serves: plain (``key_file`` is the raw key) or LUKS
+    (``key_file`` holds the passphrase, ``payload_offset`` where the data starts)."""
+    path: str
+    key_file: str
+    luks: bool = False
+    payload_offset: int = 0
+
+
+def _wait_mounted(path: str, proc: subprocess.Popen | None = None, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while mount_type(path) is None:
+        if (proc and proc.poll() is not None) or time.monotonic() > deadline:
+            raise RuntimeError(f"nothing got mounted at {path}")
+        time.sleep(0.02)
+
+
+def _stop(proc: subprocess.Popen, mountpoint: str) -> None:
+    """Ask a serving process to end, insist if it will not, and leave no mount behind."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if mount_type(mountpoint):
+        subprocess.run(["umount", "-l", mountpoint], capture_output=True)
+
+
+@dataclass(frozen=True)
 class CryptfsTarget:
-    """cryptfs in plain mode over ``image`` with the given backend, mode and offload."""
+    """cryptfs with the given backend, mode and offload."""
     label: str
     backend: str = "software"
     mode: str = "per_sector"
@@ -35,13 +71,16 @@ class CryptfsTarget:
     cipher: str = "aes-xts-plain64"
     extra: dict = field(default_factory=dict)
 
-    def config(self, key_file: str) -> str:
-        lines = ["[device]", 'type = "plain"', "[crypto]", f'cipher = "{self.cipher}"',
-                 f'key_file = "{key_file}"', f"sector_size = {self.sector_size}",
-                 "[pipeline]", f'mode = "{self.mode}"',
-                 f"no_read_workqueue = {str(not self.offload).lower()}",
-                 f"no_write_workqueue = {str(not self.offload).lower()}",
-                 "[backend]", f'name = "{self.backend}"']
+    def config(self, image: BenchImage) -> str:
+        if image.luks:
+            lines = ["[device]", 'type = "luks"', "[crypto]", f'key_file = "{image.key_file}"']
+        else:
+            lines = ["[device]", 'type = "plain"', "[crypto]", f'cipher = "{self.cipher}"',
+                     f'key_file = "{image.key_file}"', f"sector_size = {self.sector_size}"]
+        lines += ["[pipeline]", f'mode = "{self.mode}"',
+                  f"no_read_workqueue = {str(not self.offload).lower()}",
+                  f"no_write_workqueue = {str(not self.offload).lower()}",
+                  "[backend]", f'name = "{self.backend}"']
         if self.extra:
             lines.append(f"[backend.{self.backend}]")
             lines += [f"{k} = {str(v).lower() if isinstance(v, bool) else v}"
@@ -49,22 +88,64 @@ class CryptfsTarget:
         return "\n".join(lines) + "\n"
 
     @contextmanager
-    def mounted(self, image: str, key_file: str, workdir: str):
+    def mounted(self, image: BenchImage, workdir: str):
         """Yield (device path, daemon pid) while mounted; always unmounts."""
         mnt = os.path.join(workdir, "mnt")
         os.makedirs(mnt, exist_ok=True)
         conf = os.path.join(workdir, "bench.toml")
         with open(conf, "w") as f:
-            f.write(self.config(key_file))
+            f.write(self.config(image))
         cli = [sys.executable, "-m", "cryptfs"]
-        subprocess.run(cli + ["open", image, mnt, "--config", conf], check=True,
-                       capture_output=True)
         try:
+            subprocess.run(cli + ["open", image.path, mnt, "--config", conf], check=True,
+                           capture_output=True)
             yield os.path.join(mnt, "device"), read_status(mnt)["pid"]
         finally:
             for _ in range(50):
-                if subprocess.run(cli + ["close", mnt], capture_output=True).returncode == 0:
+                if not mount_type(mnt) or subprocess.run(cli + ["close", mnt],
+                                                         capture_output=True).returncode == 0:
                     break
                 time.sleep(0.1)         # fio may still hold the device for a moment
             else:
                 subprocess.run(["umount", "-l", mnt], capture_output=True)
+
+
+@dataclass(frozen=True)
+class QemuTarget:
+    """qemu-storage-daemon exporting the same LUKS image over FUSE (the performance peer)."""
+    label: str = "qemu-storage-daemon"
+
+    @contextmanager
+    def mounted(self, image: BenchImage, workdir: str):
+        export = os.path.join(workdir, "qemu-export")
+        open(export, "a").close()                      # a FUSE export mounts over a file
+        proc = subprocess.Popen(
+            ["qemu-storage-daemon", "--object", f"secret,id=s0,file={image.key_file}",
+             "--blockdev", f"driver=file,node-name=f0,filename={image.path}",
+             "--blockdev", "driver=luks,node-name=l0,file=f0,key-secret=s0",
+             "--export", f"type=fuse,id=e0,node-name=l0,mountpoint={export},writable=on"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            _wait_mounted(export, proc)
+            yield export, proc.pid
+        finally:
+            _stop(proc, export)
+
+
+@dataclass(frozen=True)
+class PassthroughTarget:
+    """The ceiling: pyfuse3 reading and writing the image's payload with no crypto at all."""
+    label: str = "pyfuse3 passthrough (no crypto)"
+
+    @contextmanager
+    def mounted(self, image: BenchImage, workdir: str):
+        mnt = os.path.join(workdir, "passthrough")
+        os.makedirs(mnt, exist_ok=True)
+        proc = subprocess.Popen([sys.executable, "-m", "cryptfs.bench.passthrough", image.path,
+                                 mnt, str(image.payload_offset)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            _wait_mounted(mnt, proc)
+            yield os.path.join(mnt, "device"), proc.pid
+        finally:
+            _stop(proc, mnt)

@@ -1,0 +1,165 @@
+"""``make bench`` / ``cryptfs bench peers``: the same fio jobs on the same LUKS1 image, against
+cryptfs in each backend and mode, against qemu-storage-daemon's FUSE export (what a user would
+otherwise pick), and against a no-crypto pyfuse3 passthrough (the ceiling of any pyfuse3
+device here).
+
+The image is made by qemu-img (LUKS1, aes-xts-plain64, 512-byte sectors).  Each repetition
+mounts every target in turn and runs every job on it, so drift on a shared machine spreads over
+all of them; the report gives medians and min–max, each cryptfs path's ratio to qemu and to the
+ceiling, and each daemon's CPU seconds per GiB.  Results go to ``bench-results/<date>.md``,
+``.json`` and ``.png``.
+"""
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+
+from . import fio
+from .targets import BenchImage, CryptfsTarget, PassthroughTarget, QemuTarget, cpu_seconds
+
+PASSPHRASE_BYTES = 24
+IMAGE_SIZE = 256 << 20
+JOBS = [fio.Job("seq-read-128k", "read", "128k"), fio.Job("seq-write-128k", "write", "128k"),
+        fio.Job("seq-read-1M", "read", "1M"), fio.Job("seq-write-1M", "write", "1M"),
+        fio.Job("rand-read-4k", "randread", "4k"), fio.Job("rand-write-4k", "randwrite", "4k"),
+        fio.Job("rand-read-4k-4jobs", "randread", "4k", numjobs=4),
+        fio.Job("rand-read-4k-libaio-qd16", "randread", "4k", ioengine="libaio", iodepth=16)]
+QUICK_JOBS = [JOBS[0], JOBS[4]]
+QEMU, CEILING = "qemu-storage-daemon", "pyfuse3 passthrough (no crypto)"
+
+
+def targets(quick: bool = False) -> list:
+    cryptfs = [CryptfsTarget("cryptfs multidu/multi_du", "multidu", "multi_du")]
+    if not quick:
+        cryptfs += [CryptfsTarget("cryptfs multidu/per_sector", "multidu", "per_sector"),
+                    CryptfsTarget("cryptfs software/multi_du", "software", "multi_du"),
+                    CryptfsTarget("cryptfs software/per_sector", "software", "per_sector"),
+                    CryptfsTarget("cryptfs engine/multi_du", "engine", "multi_du")]
+    return cryptfs + [QemuTarget(QEMU), PassthroughTarget(CEILING)]
+
+
+def make_image(workdir: str) -> BenchImage:
+    """A LUKS1 image made by qemu-img; its payload offset read from the header."""
+    path, secret = os.path.join(workdir, "image.luks"), os.path.join(workdir, "passphrase")
+    with open(secret, "w") as f:
+        f.write(os.urandom(PASSPHRASE_BYTES).hex())
+    for _ in range(5):      # qemu-img's PBKDF timing sometimes fails on a busy machine
+        done = subprocess.run(
+            ["qemu-img", "create", "-f", "luks", "--object", f"secret,id=s0,file={secret}",
+             "-o", "key-secret=s0,iter-time=10,cipher-alg=aes-256,cipher-mode=xts,"
+                   "ivgen-alg=plain64", path, str(IMAGE_SIZE)], capture_output=True, text=True)
+        if done.returncode == 0:
+            break
+    else:
+        raise RuntimeError(f"qemu-img create failed: {done.stderr.strip()}")
+    with open(path, "rb") as f:
+        payload = int.from_bytes(f.read(108)[104:108], "big") * 512   # LUKS1 payload-offset
+    return BenchImage(path, secret, luks=True, payload_offset=payload)
+
+
+def run(runtime: float = 3, reps: int = 3, quick: bool = False, out_dir: str = "bench-results",
+        progress=None) -> tuple[str, dict]:
+    jobs = QUICK_JOBS if quick else JOBS
+    chosen = targets(quick)
+    samples: dict[tuple[str, str], list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="cryptfs-bench-peers-") as workdir:
+        image = make_image(workdir)
+        for _ in range(reps):
+            for target in chosen:
+                with target.mounted(image, workdir) as (device, pid):
+                    for job in jobs:
+                        cpu0 = cpu_seconds(pid)
+                        result = fio.run(job, device, runtime, "200M", workdir)
+                        cpu = cpu_seconds(pid) - cpu0
+                        samples.setdefault((job.name, target.label), []).append(
+                            {"bw": result.bw, "iops": result.iops,
+                             "cpu_per_gib": cpu / max(result.bytes, 1) * 2**30})
+                        if progress:
+                            progress()
+    summary = _summarise(samples, jobs, chosen)
+    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "machine": f"{platform.node()}, {os.cpu_count()} CPUs, {platform.platform()}",
+            "runtime_s": runtime, "reps": reps, "quick": quick,
+            "command": "cryptfs bench peers" + (" --quick" if quick else "")}
+    report = _markdown(summary, jobs, chosen, meta)
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.join(out_dir, datetime.date.today().isoformat() + ("-quick" if quick else ""))
+    with open(stem + ".json", "w") as f:
+        json.dump({"meta": meta, "results": summary,
+                   "samples": {f"{j} | {t}": s for (j, t), s in samples.items()}}, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(report + f"\n\n![ratios to qemu]({os.path.basename(stem)}.png)\n")
+    _plot(summary, jobs, chosen, stem + ".png")
+    return report, summary
+
+
+def _metric(job: fio.Job) -> str:
+    return "iops" if job.bs == "4k" else "bw"
+
+
+def _summarise(samples, jobs, chosen) -> dict:
+    out = {}
+    for job in jobs:
+        metric = _metric(job)
+        rows = {}
+        for target in chosen:
+            runs = samples[(job.name, target.label)]
+            values = [r[metric] for r in runs]
+            rows[target.label] = {"median": statistics.median(values), "min": min(values),
+                                  "max": max(values),
+                                  "cpu_per_gib": statistics.median(r["cpu_per_gib"] for r in runs)}
+        for row in rows.values():
+            row["vs_qemu"] = row["median"] / rows[QEMU]["median"]
+            row["vs_ceiling"] = row["median"] / rows[CEILING]["median"]
+        out[job.name] = {"metric": metric, "targets": rows}
+    return out
+
+
+def _fmt(value: float, metric: str) -> str:
+    return f"{value / 2**20:.0f}" if metric == "bw" else f"{value / 1000:.1f}k"
+
+
+def _markdown(summary, jobs, chosen, meta) -> str:
+    lines = [f"`{meta['command']}` — {meta['date']}, {meta['machine']}; fio direct=1 on the device "
+             f"file, {meta['runtime_s']:g} s per run, {meta['reps']} repetitions interleaved, "
+             "medians (min–max).  Throughput in MiB/s, 4k jobs in IOPS; CPU = the serving "
+             "process's utime+stime per GiB moved.", "",
+             "| job | target | median (min–max) | × qemu | × ceiling | CPU s/GiB |",
+             "|---|---|---:|---:|---:|---:|"]
+    for job in jobs:
+        s = summary[job.name]
+        for target in chosen:
+            r = s["targets"][target.label]
+            m = s["metric"]
+            lines.append(f"| {job.name} | {target.label} | {_fmt(r['median'], m)} "
+                         f"({_fmt(r['min'], m)}–{_fmt(r['max'], m)}) | {r['vs_qemu']:.2f} "
+                         f"| {r['vs_ceiling']:.2f} | {r['cpu_per_gib']:.2f} |")
+    return "\n".join(lines)
+
+
+def _plot(summary, jobs, chosen, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [t.label for t in chosen]
+    width = 0.8 / len(labels)
+    fig, ax = plt.subplots(figsize=(max(7, 1.4 * len(jobs)), 4.8))
+    for i, label in enumerate(labels):
+        ax.bar([j + i * width for j in range(len(jobs))],
+               [summary[job.name]["targets"][label]["vs_qemu"] for job in jobs], width,
+               label=label)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks([j + width * (len(labels) - 1) / 2 for j in range(len(jobs))],
+                  [job.name for job in jobs], rotation=25, ha="right")
+    ax.set_ylabel("× qemu-storage-daemon (median)")
+    ax.set_title("fio through each device, relative to qemu-storage-daemon")
+    ax.legend(fontsize=7)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
