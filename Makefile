@@ -9,7 +9,7 @@ APT    := fuse3 libfuse3-dev pkg-config fio qemu-utils qemu-system-common crypts
           util-linux e2fsprogs
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: deps system demo test bench clean
+.PHONY: deps system demo test bench stress clean
 
 deps: system $(VENV)/.installed
 
@@ -34,6 +34,9 @@ test: deps
 
 bench: deps
 	$(PY) -m cryptfs bench peers
+
+stress: deps
+	$(PY) -m cryptfs stress
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info

@@ -1,5 +1,6 @@
 """``multidu``: native multi data unit crypto — one request per bio, a constant number of
-library calls per request whatever its number of data units.
+library calls per request whatever its number of data units (per piece of ``CHUNK_BYTES``:
+larger bios are worked through in cache-sized pieces).
 
 * AES-XTS: every unit's tweak in one AES-ECB call (key 2), the tweaks of all 16-byte blocks
   (tweak × α^j in GF(2^128)) expanded with numpy, one AES-ECB call (key 1) over the whole bio
@@ -53,6 +54,11 @@ CUTOFF = {
     ("cbc", "decrypt", 512): 6, ("cbc", "decrypt", 1024): 7, ("cbc", "decrypt", 2048): 7,
     ("cbc", "decrypt", 4096): 11,
 }
+#: The vectorised path works through a bio in pieces of this many bytes: its working set (the
+#: data, the tweaks, two scratch buffers) then stays in cache.  Measured with
+#: XTS at 512-byte units, one piece: ~1000 MiB/s up to 256 KiB, ~500 MiB/s from 512 KiB; in
+#: pieces of 64/128/256 KiB a 1 MiB bio ran 790/1000/1070 MiB/s (medians of 40 timings).
+CHUNK_BYTES = 256 << 10
 _B = 32      # tweaks are expanded as T·x^(32a+b): a by repeated ·x^32, b (< 32) by broadcast
 _SHIFTS = np.arange(_B, dtype=U64)
 _BACK = U64(64) - _SHIFTS          # numpy gives 0 for a shift by 64, as the formula needs
@@ -216,41 +222,44 @@ class MultiDuBackend:
                                      req.dst[i * du:(i + 1) * du])
             return Status.DONE
         ivs = self._ivs(req)
-        if self._mode == "xts":
-            self._xts(req, ivs)
-        elif req.op is Op.DECRYPT:
-            self._cbc_decrypt(req, ivs)
-        else:
-            self._cbc_encrypt(req, ivs)
+        chunk = max(1, CHUNK_BYTES // du)
+        for first in range(0, n, chunk):      # cache-sized pieces: see CHUNK_BYTES
+            last = min(n, first + chunk)
+            src, dst = req.src[first * du:last * du], req.dst[first * du:last * du]
+            if self._mode == "xts":
+                self._xts(req.op, src, dst, ivs[first:last], du)
+            elif req.op is Op.DECRYPT:
+                self._cbc_decrypt(src, dst, ivs[first:last], du)
+            else:
+                self._cbc_encrypt(src, dst, ivs[first:last], du)
         self._stats.extra["vectorised"] = self._stats.extra.get("vectorised", 0) + 1
         return Status.DONE
 
-    def _xts(self, req: CryptoRequest, ivs: np.ndarray) -> None:
-        size, local = len(req.src), self._local
+    def _xts(self, op: Op, src: memoryview, dst: memoryview, ivs: np.ndarray, du: int) -> None:
+        size, local = len(src), self._local
         t0 = np.frombuffer(local.contexts["tweak"].update(ivs.tobytes()), dtype=U64)
-        tweaks = expand_tweaks(t0.reshape(-1, 2), req.data_unit_size // 16)
+        tweaks = expand_tweaks(t0.reshape(-1, 2), du // 16)
         mixed, crypted = local.buffer("mixed", size), local.buffer("crypted", size)
-        np.bitwise_xor(np.frombuffer(req.src, dtype=U64).reshape(-1, 2), tweaks,
+        np.bitwise_xor(np.frombuffer(src, dtype=U64).reshape(-1, 2), tweaks,
                        out=mixed[:size].view(U64).reshape(-1, 2))
-        local.contexts[req.op].update_into(memoryview(mixed)[:size],
-                                           memoryview(crypted)[:size + 15])
+        local.contexts[op].update_into(memoryview(mixed)[:size], memoryview(crypted)[:size + 15])
         np.bitwise_xor(crypted[:size].view(U64).reshape(-1, 2), tweaks,
-                       out=np.frombuffer(req.dst, dtype=U64).reshape(-1, 2))
+                       out=np.frombuffer(dst, dtype=U64).reshape(-1, 2))
 
-    def _cbc_decrypt(self, req: CryptoRequest, ivs: np.ndarray) -> None:
-        size, blocks = len(req.src), req.data_unit_size // 16
+    def _cbc_decrypt(self, src: memoryview, dst: memoryview, ivs: np.ndarray, du: int) -> None:
+        size, blocks = len(src), du // 16
         plain = self._local.buffer("crypted", size)
-        self._local.contexts[Op.DECRYPT].update_into(req.src, memoryview(plain)[:size + 15])
+        self._local.contexts[Op.DECRYPT].update_into(src, memoryview(plain)[:size + 15])
         d = plain[:size].view(U64).reshape(-1, blocks, 2)
-        c = np.frombuffer(req.src, dtype=U64).reshape(-1, blocks, 2)
-        out = np.frombuffer(req.dst, dtype=U64).reshape(-1, blocks, 2)
+        c = np.frombuffer(src, dtype=U64).reshape(-1, blocks, 2)
+        out = np.frombuffer(dst, dtype=U64).reshape(-1, blocks, 2)
         np.bitwise_xor(d[:, 0], ivs, out=out[:, 0])
         np.bitwise_xor(d[:, 1:], c[:, :-1], out=out[:, 1:])
 
-    def _cbc_encrypt(self, req: CryptoRequest, ivs: np.ndarray) -> None:
-        n, blocks = req.n_units, req.data_unit_size // 16
-        p = np.frombuffer(req.src, dtype=U64).reshape(n, blocks, 2)
-        out = np.frombuffer(req.dst, dtype=U64).reshape(n, blocks, 2)
+    def _cbc_encrypt(self, src: memoryview, dst: memoryview, ivs: np.ndarray, du: int) -> None:
+        n, blocks = len(ivs), du // 16
+        p = np.frombuffer(src, dtype=U64).reshape(n, blocks, 2)
+        out = np.frombuffer(dst, dtype=U64).reshape(n, blocks, 2)
         column = self._local.buffer("mixed", n * 16)[:n * 16]
         crypted = self._local.buffer("crypted", n * 16)
         columns, view = column.view(U64).reshape(n, 2), memoryview(crypted)[:n * 16 + 15]

@@ -55,6 +55,8 @@ class DeviceSection:
                      "(plain mode)", _between(0, 2**55))
     read_only: bool = _key(False, "refuse writes (EROFS) and open the image read-only")
     allow_discards: bool = _key(False, "punch the ciphertext on discard (fallocate punch-hole)")
+    allow_other: bool = _key(False, "let other users reach the mount (FUSE allow_other); the "
+                                    "device stays mode 0600")
 
 
 @dataclass

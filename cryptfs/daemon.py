@@ -112,6 +112,8 @@ def fuse_options(config: Config) -> set[str]:
     opts |= {"fsname=cryptfs", "subtype=cryptfs"}
     if config.device.read_only:
         opts.add("ro")
+    if config.device.allow_other:
+        opts.add("allow_other")
     return opts
 
 

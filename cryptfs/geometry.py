@@ -70,6 +70,9 @@ class Geometry:
                 raise ImageError(f"device size {size_sectors} sectors does not fit in the image "
                                  f"({available // SECTOR} sectors after the offset)")
             available = size_sectors * SECTOR
+        if available < sector_size:
+            raise ImageError(f"the image holds {available} bytes after the offset, less than "
+                             f"one {sector_size}-byte sector")
         if available % sector_size:
             raise ImageError(f"device size {available} bytes is not a multiple of the "
                              f"{sector_size}-byte sector size")

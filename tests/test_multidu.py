@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import backends
+from backends import multidu
 from backends.base import CryptoRequest, Op
 from backends.multidu import CUTOFF, MultiDuBackend
 from backends.software import SoftwareBackend
@@ -43,7 +44,7 @@ def request_iv(spec, key, first: int) -> bytes:
     return IV_MODES[mode].generator(key, spec.ivopts)(first)
 
 
-@pytest.mark.parametrize("path", ["vectorised", "unit-by-unit"])
+@pytest.mark.parametrize("path", ["vectorised", "vectorised in pieces", "unit-by-unit"])
 @pytest.mark.parametrize("cipher", verify.CIPHERS)
 @settings(max_examples=25, deadline=None)
 @given(data=st.data())
@@ -58,12 +59,28 @@ def test_multidu_matches_per_unit_aes(cipher, path, data):
         data.draw(st.integers(0, 2**32 - 1 - n * step))         # plain: no 32-bit wrap here
     op = data.draw(st.sampled_from(list(Op)))
     backend = MultiDuBackend(spec, bytearray(key),
-                             {"min_units": 1 if path == "vectorised" else 1 << 30})
+                             {"min_units": 1 << 30 if path == "unit-by-unit" else 1})
     src = rng.randbytes(n * du)
     dst = bytearray(len(src))
-    backend.submit(CryptoRequest(op, memoryview(src), memoryview(dst),
-                                 request_iv(spec, key, first), du, step))
+    with pytest.MonkeyPatch.context() as patch:
+        if path == "vectorised in pieces":          # pieces of 1-7 units, the last one short
+            patch.setattr(multidu, "CHUNK_BYTES", data.draw(st.integers(1, 7)) * du)
+        backend.submit(CryptoRequest(op, memoryview(src), memoryview(dst),
+                                     request_iv(spec, key, first), du, step))
     assert bytes(dst) == reference(spec, key, op, src, du, first, step)
+
+
+@pytest.mark.parametrize("cipher", ["aes-xts-plain64", "aes-cbc-essiv:sha256"])
+@pytest.mark.parametrize("op", list(Op))
+def test_a_one_mebibyte_bio_in_default_pieces_matches_per_unit_aes(cipher, op):
+    spec = parse_spec(cipher)
+    rng = random.Random(1)
+    key = rng.randbytes(spec.default_key_bits // 8)
+    src, dst = rng.randbytes((1 << 20) + 512), bytearray((1 << 20) + 512)
+    assert len(src) > multidu.CHUNK_BYTES
+    MultiDuBackend(spec, bytearray(key)).submit(
+        CryptoRequest(op, memoryview(src), memoryview(dst), request_iv(spec, key, 77), 512, 1))
+    assert bytes(dst) == reference(spec, key, op, src, 512, 77, 1)
 
 
 def test_cutoffs_cover_every_mode_direction_and_size():

@@ -69,7 +69,8 @@ class CryptfsTarget:
     offload: bool = False
     sector_size: int = 512
     cipher: str = "aes-xts-plain64"
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)          # [backend.<name>] options
+    pipeline: dict = field(default_factory=dict)       # further [pipeline] keys
 
     def config(self, image: BenchImage) -> str:
         if image.luks:
@@ -80,6 +81,7 @@ class CryptfsTarget:
         lines += ["[pipeline]", f'mode = "{self.mode}"',
                   f"no_read_workqueue = {str(not self.offload).lower()}",
                   f"no_write_workqueue = {str(not self.offload).lower()}",
+                  *(f"{k} = {v}" for k, v in self.pipeline.items()),
                   "[backend]", f'name = "{self.backend}"']
         if self.extra:
             lines.append(f"[backend.{self.backend}]")
