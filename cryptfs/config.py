@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from .errors import ConfigError
 from .geometry import check_sector_size
+from .mdtable import markdown_table
 
 
 def _choice(*allowed: str) -> Callable[[Any], None]:
@@ -227,12 +228,8 @@ def backend_options(config: Config, declared: dict[str, OptionSpec]) -> dict:
 
 def reference() -> str:
     """The config reference as Markdown (README's table is made from this)."""
-    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
-    for section, cls in SECTIONS.items():
-        for f in fields(cls):
-            if f.name == "options":
-                continue
-            kind = _type_name(f.metadata["type"], article=False)
-            lines.append(f"| `[{section}] {f.name}` | {kind} | `{json.dumps(f.default)}` "
-                         f"| {f.metadata['help']} |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["key", "type", "default", "meaning"],
+        ([f"`[{section}] {f.name}`", _type_name(f.metadata["type"], article=False),
+          f"`{json.dumps(f.default)}`", f.metadata["help"]]
+         for section, cls in SECTIONS.items() for f in fields(cls) if f.name != "options"))

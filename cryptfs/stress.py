@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from .bench import fio
 from .bench.targets import BenchImage, CryptfsTarget
+from .mdtable import markdown_table
 
 FAULTY_ENGINE = {"error_rate": 0.01, "lost_rate": 0.002, "busy_storm_every": 50,
                  "busy_storm_length": 10, "queue_depth": 8, "seed": 7}
@@ -91,10 +92,8 @@ def run(quick: bool = False, progress=None) -> list[Outcome]:
 
 
 def markdown(outcomes: list[Outcome]) -> str:
-    lines = ["| sector | path | workload | result | verified | seconds |",
-             "|---:|---|---|---|---:|---:|"]
-    for o in outcomes:
-        lines.append(f"| {o.sector_size} | {o.path} | {o.workload} | "
-                     f"{'ok' if o.ok else 'FAILED: ' + o.error} | "
-                     f"{o.verified_bytes / 2**20:.1f} MiB | {o.seconds:.1f} |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["sector", "path", "workload", "result", "verified", "seconds"],
+        ([o.sector_size, o.path, o.workload, "ok" if o.ok else "FAILED: " + o.error,
+          f"{o.verified_bytes / 2**20:.1f} MiB", f"{o.seconds:.1f}"] for o in outcomes),
+        "rlllrr")

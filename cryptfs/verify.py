@@ -19,6 +19,7 @@ from .config import Config
 from .daemon import Daemon
 from .formats import open_volume
 from .image import Image
+from .mdtable import markdown_table
 from .spec import parse_spec
 from .volume import KeySource
 
@@ -131,14 +132,12 @@ def table(runs: list[Run], backends: list[str], modes=MODES) -> str:
     """Markdown: one row per cipher and layout, one column per backend/mode, digest prefixes."""
     columns = [(b, m) for b in backends for m in modes]
     bad = {id(r) for r in mismatches(runs)}
-    lines = ["| cipher | sector | " + " | ".join(f"{b}/{m}" for b, m in columns) + " |",
-             "|---|---|" + "---|" * len(columns)]
     rows: dict = {}
     for run in runs:
         rows.setdefault((run.cipher, run.sector_size, run.large), {})[(run.backend, run.mode)] = run
-    for (cipher, sector, large), cells in rows.items():
-        shown = [f"{'✗ ' if id(cells[c]) in bad else ''}{cells[c].digest[:12]}"
-                 if c in cells else "–" for c in columns]
-        lines.append(f"| {cipher} | {sector}{' large' if large else ''} | "
-                     + " | ".join(shown) + " |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["cipher", "sector", *(f"{b}/{m}" for b, m in columns)],
+        ([cipher, f"{sector}{' large' if large else ''}",
+          *(f"{'✗ ' if id(cells[c]) in bad else ''}{cells[c].digest[:12]}" if c in cells else "–"
+            for c in columns)]
+         for (cipher, sector, large), cells in rows.items()))

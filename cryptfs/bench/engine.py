@@ -17,6 +17,7 @@ import os
 import statistics
 import tempfile
 
+from ..mdtable import markdown_table
 from . import fio
 from .targets import BenchImage, CryptfsTarget, cpu_seconds, read_status
 
@@ -108,8 +109,8 @@ def _markdown(compare, sweep, overran, runtime, reps, sweep_runtime) -> str:
              f"{e['per_unit_us']} µs per data unit, {e['channels']} channel, "
              f"{e['queue_depth']} ring slots; 512-byte sectors; fio psync QD1 direct=1, "
              f"{runtime:g} s × {reps} runs interleaved, medians.  Host CPU = daemon CPU minus the "
-             "CPU that simulated the engine (computing its bytes, timing its jobs).", "",
-             "| job | path | MiB/s | host CPU s/GiB | vs per-unit |", "|---|---|---:|---:|---|"]
+             "CPU that simulated the engine (computing its bytes, timing its jobs).", ""]
+    compared = []
     for job in COMPARE_JOBS:
         rows = {label: (statistics.median(s[0] for s in v), statistics.median(s[1] for s in v))
                 for (name, label), v in compare.items() if name == job.name}
@@ -118,22 +119,25 @@ def _markdown(compare, sweep, overran, runtime, reps, sweep_runtime) -> str:
             versus = "" if label.startswith("CPU") or label == "engine, per-unit jobs" else (
                 f"{(bw / base_bw - 1) * 100:+.0f} % throughput, "
                 f"{(cpu / base_cpu - 1) * 100:+.0f} % CPU")
-            lines.append(f"| {job.name} | {label} | {bw:.1f} | {cpu:.2f} | {versus} |")
+            compared.append([job.name, label, f"{bw:.1f}", f"{cpu:.2f}", versus])
+    lines.append(markdown_table(["job", "path", "MiB/s", "host CPU s/GiB", "vs per-unit"],
+                                compared, "llrrl"))
     cpu_bw = sweep["CPU (multidu)"]
     lines += ["", f"Sweep (native multi-DU, {SWEEP_JOB.name}, {sweep_runtime:g} s each): MiB/s "
               f"through the device; the CPU path (multidu) did {cpu_bw:.1f} MiB/s.  **Bold**: "
               "the engine beats the CPU.  †: over 10 % of the jobs overran — computing the bytes "
               "on the host took longer than the simulated engine would, so the cell shows the "
-              "simulation's limit, not the engine's.", "",
-              "| setup \\ engine MB/s | " + " | ".join(map(str, THROUGHPUTS)) + " |",
-              "|---|" + "---:|" * len(THROUGHPUTS)]
-    for setup in SETUPS:
-        cells = []
-        for mbps in THROUGHPUTS:
-            label = f"engine {mbps} MB/s, {setup} µs"
-            bw, late = sweep[label], "†" if overran[label] > 0.1 else ""
-            cells.append(f"**{bw:.0f}**{late}" if bw > cpu_bw else f"{bw:.0f}{late}")
-        lines.append(f"| {setup} µs | " + " | ".join(cells) + " |")
+              "simulation's limit, not the engine's.", ""]
+
+    def cell(label: str) -> str:
+        bw, late = sweep[label], "†" if overran[label] > 0.1 else ""
+        return f"**{bw:.0f}**{late}" if bw > cpu_bw else f"{bw:.0f}{late}"
+
+    lines.append(markdown_table(
+        ["setup \\ engine MB/s", *map(str, THROUGHPUTS)],
+        ([f"{setup} µs", *(cell(f"engine {mbps} MB/s, {setup} µs") for mbps in THROUGHPUTS)]
+         for setup in SETUPS),
+        "l" + "r" * len(THROUGHPUTS)))
     return "\n".join(lines)
 
 

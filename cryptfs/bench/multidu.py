@@ -14,6 +14,7 @@ import statistics
 import tempfile
 from dataclasses import dataclass
 
+from ..mdtable import markdown_table
 from . import fio
 from .targets import BenchImage, CryptfsTarget, cpu_seconds
 
@@ -81,10 +82,9 @@ def study(runtime: float = 5, reps: int = 3, image_size: int = 256 << 20,
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| sector | job | path | MiB/s (min–max) | IOPS | CPU s/GiB | × per_sector |",
-             "|---:|---|---|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['sector']} | {r['job']} | {r['target']} | {r['MiB/s']:.1f} "
-                     f"({r['min']:.0f}–{r['max']:.0f}) | {r['IOPS']:.0f} | {r['CPU s/GiB']:.2f} "
-                     f"| {r['vs baseline']:.2f} |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["sector", "job", "path", "MiB/s (min–max)", "IOPS", "CPU s/GiB", "× per_sector"],
+        ([r["sector"], r["job"], r["target"],
+          f"{r['MiB/s']:.1f} ({r['min']:.0f}–{r['max']:.0f})", f"{r['IOPS']:.0f}",
+          f"{r['CPU s/GiB']:.2f}", f"{r['vs baseline']:.2f}"] for r in rows),
+        "rllrrrr")

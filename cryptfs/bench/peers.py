@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import tempfile
 
+from ..mdtable import markdown_table
 from . import fio
 from .targets import BenchImage, CryptfsTarget, PassthroughTarget, QemuTarget, cpu_seconds
 
@@ -127,17 +128,18 @@ def _markdown(summary, jobs, chosen, meta) -> str:
     lines = [f"`{meta['command']}` — {meta['date']}, {meta['machine']}; fio direct=1 on the device "
              f"file, {meta['runtime_s']:g} s per run, {meta['reps']} repetitions interleaved, "
              "medians (min–max).  Throughput in MiB/s, 4k jobs in IOPS; CPU = the serving "
-             "process's utime+stime per GiB moved.", "",
-             "| job | target | median (min–max) | × qemu | × ceiling | CPU s/GiB |",
-             "|---|---|---:|---:|---:|---:|"]
+             "process's utime+stime per GiB moved.", ""]
+    rows = []
     for job in jobs:
-        s = summary[job.name]
+        m = summary[job.name]["metric"]
         for target in chosen:
-            r = s["targets"][target.label]
-            m = s["metric"]
-            lines.append(f"| {job.name} | {target.label} | {_fmt(r['median'], m)} "
-                         f"({_fmt(r['min'], m)}–{_fmt(r['max'], m)}) | {r['vs_qemu']:.2f} "
-                         f"| {r['vs_ceiling']:.2f} | {r['cpu_per_gib']:.2f} |")
+            r = summary[job.name]["targets"][target.label]
+            rows.append([job.name, target.label,
+                         f"{_fmt(r['median'], m)} ({_fmt(r['min'], m)}–{_fmt(r['max'], m)})",
+                         f"{r['vs_qemu']:.2f}", f"{r['vs_ceiling']:.2f}",
+                         f"{r['cpu_per_gib']:.2f}"])
+    lines.append(markdown_table(["job", "target", "median (min–max)", "× qemu", "× ceiling",
+                                 "CPU s/GiB"], rows, "llrrrr"))
     return "\n".join(lines)
 
 

@@ -60,6 +60,18 @@ def _stop(proc: subprocess.Popen, mountpoint: str) -> None:
         subprocess.run(["umount", "-l", mountpoint], capture_output=True)
 
 
+@contextmanager
+def _serving(argv: list[str], mountpoint: str, device: str):
+    """Run ``argv``, a process that mounts at ``mountpoint``; yields (``device``, its pid) once
+    mounted, and stops it and unmounts afterwards."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_mounted(mountpoint, proc)
+        yield device, proc.pid
+    finally:
+        _stop(proc, mountpoint)
+
+
 @dataclass(frozen=True)
 class CryptfsTarget:
     """cryptfs with the given backend, mode and offload."""
@@ -117,21 +129,15 @@ class QemuTarget:
     """qemu-storage-daemon exporting the same LUKS image over FUSE (the performance peer)."""
     label: str = "qemu-storage-daemon"
 
-    @contextmanager
     def mounted(self, image: BenchImage, workdir: str):
         export = os.path.join(workdir, "qemu-export")
         open(export, "a").close()                      # a FUSE export mounts over a file
-        proc = subprocess.Popen(
+        return _serving(
             ["qemu-storage-daemon", "--object", f"secret,id=s0,file={image.key_file}",
              "--blockdev", f"driver=file,node-name=f0,filename={image.path}",
              "--blockdev", "driver=luks,node-name=l0,file=f0,key-secret=s0",
              "--export", f"type=fuse,id=e0,node-name=l0,mountpoint={export},writable=on"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            _wait_mounted(export, proc)
-            yield export, proc.pid
-        finally:
-            _stop(proc, export)
+            export, export)
 
 
 @dataclass(frozen=True)
@@ -139,15 +145,8 @@ class PassthroughTarget:
     """The ceiling: pyfuse3 reading and writing the image's payload with no crypto at all."""
     label: str = "pyfuse3 passthrough (no crypto)"
 
-    @contextmanager
     def mounted(self, image: BenchImage, workdir: str):
         mnt = os.path.join(workdir, "passthrough")
         os.makedirs(mnt, exist_ok=True)
-        proc = subprocess.Popen([sys.executable, "-m", "cryptfs.bench.passthrough", image.path,
-                                 mnt, str(image.payload_offset)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            _wait_mounted(mnt, proc)
-            yield os.path.join(mnt, "device"), proc.pid
-        finally:
-            _stop(proc, mnt)
+        return _serving([sys.executable, "-m", "cryptfs.bench.passthrough", image.path, mnt,
+                         str(image.payload_offset)], mnt, os.path.join(mnt, "device"))
