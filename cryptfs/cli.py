@@ -336,19 +336,26 @@ def cmd_dump(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require(*tools: str, installer: str) -> None:
+    """CryptfsError naming the first of ``tools`` not on PATH."""
+    import shutil
+    for tool in tools:
+        if not shutil.which(tool):
+            raise CryptfsError(f"{tool} is not installed ({installer} installs it)")
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     import backends
 
     from . import verify
+    from .progress import run_bar
     names = args.backends or list(backends.REGISTRY)
     for name in names:
         backends.backend_class(name)            # unknown names fail here, with the list
     if args.size < 1 << 20 or args.size % 4096:
         raise CryptfsError("--size must be at least 1M and a multiple of 4096")
-    from tqdm import tqdm
     total = len(verify.CIPHERS) * len(verify.LAYOUTS) * len(names) * len(verify.MODES)
-    with tqdm(total=total, desc="verify", unit="run", disable=not sys.stderr.isatty(),
-              leave=False) as bar:
+    with run_bar(total, "verify") as bar:
         runs = verify.verify(args.size, args.seed, names, progress=lambda run: bar.update())
     print(f"cryptfs verify: {args.size} bytes, seed {args.seed}, sha256 of each ciphertext "
           "image (first 12 hex digits)\n")
@@ -365,20 +372,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     import platform
-    import shutil
-
-    from tqdm import tqdm
 
     from .bench import engine, multidu, peers
-    for tool in ("fio", "qemu-img", "qemu-storage-daemon")[:1 if args.study != "peers" else 3]:
-        if not shutil.which(tool):
-            raise CryptfsError(f"{tool} is not installed (make bench installs it)")
+    from .progress import run_bar
+    _require(*("fio", "qemu-img", "qemu-storage-daemon")[:1 if args.study != "peers" else 3],
+             installer="make bench")
     if args.study == "peers":
         runtime, reps = (1, 1) if args.quick else (args.runtime or 3, args.reps)
         total = reps * len(peers.targets(args.quick)) * \
             len(peers.QUICK_JOBS if args.quick else peers.JOBS)
-        with tqdm(total=total, desc="bench", unit="run", disable=not sys.stderr.isatty(),
-                  leave=False) as bar:
+        with run_bar(total, "bench") as bar:
             report, _ = peers.run(runtime, reps, args.quick, progress=bar.update)
         print(report)
         return 0
@@ -387,14 +390,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.study == "engine":
         total = args.reps * len(engine.COMPARE_JOBS) * len(engine.compare_targets()) + \
             len(engine.sweep_targets())
-        with tqdm(total=total, desc="bench", unit="run", disable=not sys.stderr.isatty(),
-                  leave=False) as bar:
+        with run_bar(total, "bench") as bar:
             print(engine.study(args.runtime, args.reps, progress=bar.update))
         return 0
     sizes = tuple(args.sector_sizes or (512, 4096))
     total = len(sizes) * len(multidu.JOBS) * len(multidu.targets(512)) * args.reps
-    with tqdm(total=total, desc="bench", unit="run", disable=not sys.stderr.isatty(),
-              leave=False) as bar:
+    with run_bar(total, "bench") as bar:
         rows = multidu.study(args.runtime, args.reps, sector_sizes=sizes, progress=bar.update)
     print(f"fio psync direct=1, {args.runtime:g} s × {args.reps} runs interleaved, medians\n")
     print(multidu.markdown(rows))
@@ -402,18 +403,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_stress(args: argparse.Namespace) -> int:
-    import shutil
     import time
 
-    from tqdm import tqdm
-
     from . import stress
-    if not shutil.which("fio"):
-        raise CryptfsError("fio is not installed (make deps installs it)")
+    from .progress import run_bar
+    _require("fio", installer="make deps")
     start = time.monotonic()
     total = 2 * len(stress.PATHS) * len(stress.WORKLOADS)
-    with tqdm(total=total, desc="stress", unit="run", disable=not sys.stderr.isatty(),
-              leave=False) as bar:
+    with run_bar(total, "stress") as bar:
         outcomes = stress.run(args.quick, progress=bar.update)
     failed = [o for o in outcomes if not o.ok]
     print(stress.markdown(outcomes))

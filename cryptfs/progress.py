@@ -1,6 +1,7 @@
-"""A progress bar for work that takes seconds (key derivation), shown only on a terminal.
+"""Progress bars, shown only on a terminal: elapsed time for key derivation, finished runs for
+the long commands (verify, bench, stress).
 
-Key derivation is one opaque library call, so the bar shows elapsed time against the expected
+Key derivation is one opaque library call, so its bar shows elapsed time against the expected
 duration (the ``--iter-time`` it was tuned for) rather than pretending to measure progress.
 """
 
@@ -36,3 +37,8 @@ def progress(label: str, expected_seconds: float | None = None):
     finally:
         done.set()
         thread.join()
+
+
+def run_bar(total: int, label: str) -> tqdm:
+    """A bar counting ``total`` runs; ``update()`` it as each one ends."""
+    return tqdm(total=total, desc=label, unit="run", disable=not sys.stderr.isatty(), leave=False)
