@@ -6,119 +6,87 @@ the error's code (1 bad parameters, 2 bad key material, 4 bad image or mountpoin
 """
 
 import argparse
-import errno
 import json
 import logging
 import os
 import sys
 
-from . import __version__
-from .config import Config, apply_setting, load
-from .errors import BusyError, CryptfsError, KeyMaterialError, MountError
+from . import __version__, cli_luks, listing, options, prompts
+from .config import Config, apply_flags, apply_setting, check_backend, flags_config, load
+from .config import add_flags as add_config_flags
+from .errors import BusyError, CryptfsError, MountError
+from .formats.create import FormatOptions
 from .mounts import mount_type
 
 log = logging.getLogger("cryptfs")
-FSTYPE = "fuse.cryptfs"
-
-# flag → (config section, key): the options that mirror config keys
-_OVERRIDES = {
-    "type": ("device", "type"), "offset": ("device", "offset"), "skip": ("device", "skip"),
-    "header": ("device", "header"), "key_slot": ("device", "key_slot"),
-    "read_only": ("device", "read_only"), "allow_discards": ("device", "allow_discards"),
-    "allow_other": ("device", "allow_other"),
-    "cipher": ("crypto", "cipher"), "key_size": ("crypto", "key_size"),
-    "key_file": ("crypto", "key_file"), "hash": ("crypto", "hash"),
-    "sector_size": ("crypto", "sector_size"), "iv_large_sectors": ("crypto", "iv_large_sectors"),
-    "backend": ("backend", "name"),
-}
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cryptfs", description=(
-        "A userspace dm-crypt: mount an encrypted image as a decrypted device file."))
+class Parser(argparse.ArgumentParser):
+    """argparse with cryptsetup's exit code for a usage error (1), and the usage of the
+    command at fault."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> Parser:
+    parser = Parser(prog="cryptfs", description=(
+        "A userspace dm-crypt: mount an encrypted image as a decrypted device file, and "
+        "manage its LUKS key slots and header as cryptsetup does."))
     parser.add_argument("--version", action="version", version=f"cryptfs {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("open", parents=[common], help="mount IMAGE's device at MOUNTPOINT",
-                       description="Mount IMAGE's decrypted device as MOUNTPOINT/device.")
+                       description="Mount IMAGE's decrypted device as MOUNTPOINT/device and "
+                                   "return once it is ready.")
     p.add_argument("image")
     p.add_argument("mountpoint")
     p.add_argument("--config", metavar="FILE", help="TOML config; flags override it")
-    p.add_argument("--type", help="luks (default: LUKS1 or LUKS2 from the header), luks1, "
-                                  "luks2, plain")
-    p.add_argument("-d", "--key-file", metavar="FILE",
-                   help="LUKS: the passphrase is FILE's contents; plain: the raw key; "
-                        "'-' reads stdin; without it cryptfs asks")
-    p.add_argument("-S", "--key-slot", type=int, metavar="N", help="LUKS: try only slot N")
-    p.add_argument("--header", metavar="FILE", help="LUKS: detached header file")
-    p.add_argument("-c", "--cipher", help="plain: cipher spec (default aes-xts-plain64)")
-    p.add_argument("-s", "--key-size", type=int, metavar="BITS", help="plain: key size in bits")
-    p.add_argument("--hash", help="plain: passphrase hash (default sha256)")
-    p.add_argument("-o", "--offset", type=int, metavar="SECTORS",
-                   help="payload start in the image, 512-byte sectors")
-    p.add_argument("-p", "--skip", type=int, metavar="SECTORS",
-                   help="IV offset, 512-byte sectors")
-    p.add_argument("--sector-size", type=int, metavar="BYTES", help="512..4096, power of two")
-    p.add_argument("--iv-large-sectors", action="store_const", const=True,
-                   help="IVs count sector-size units instead of 512-byte sectors")
-    p.add_argument("-r", "--read-only", action="store_const", const=True)
-    p.add_argument("--allow-discards", action="store_const", const=True,
-                   help="punch the ciphertext on discard")
-    p.add_argument("--allow-other", action="store_const", const=True,
-                   help="let other users reach the mount (the device stays 0600)")
-    p.add_argument("--backend", help="crypto backend: multidu (default), software, engine")
+    add_config_flags(p)
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="any config key, e.g. pipeline.mode=per_sector or "
                         "backend.engine.error_rate=0.01 (repeatable)")
+    add_tries(p)
     p.add_argument("-f", "--foreground", action="store_true",
                    help="stay attached and log to stderr")
-    p.add_argument("--log-file", metavar="FILE", help="where the daemon logs once detached")
+    p.add_argument("--log-file", metavar="FILE",
+                   help=f"where the detached daemon logs (default {default_log_file()})")
     p.set_defaults(run=cmd_open)
 
-    p = sub.add_parser("format", parents=[common], help="write a new LUKS header",
+    p = sub.add_parser("format", aliases=["luksFormat"], parents=[common],
+                       help="write a new LUKS header",
                        description="Create a LUKS1 or LUKS2 header (key slot 0) on IMAGE, as "
                                    "cryptsetup luksFormat does; the data area is left as is.")
     p.add_argument("image")
-    p.add_argument("--type", choices=("luks1", "luks2"), default="luks2")
-    p.add_argument("-c", "--cipher", default="aes-xts-plain64")
-    p.add_argument("-s", "--key-size", type=int, default=0, metavar="BITS")
-    p.add_argument("--sector-size", type=int, default=512, metavar="BYTES")
-    p.add_argument("--hash", default="sha256", help="PBKDF2, AF splitter and digest hash")
-    p.add_argument("--pbkdf", choices=("pbkdf2", "argon2id", "argon2i"),
-                   help="default: pbkdf2 for LUKS1, argon2id for LUKS2")
-    p.add_argument("-i", "--iter-time", type=int, default=2000, metavar="MS",
-                   help="time unlocking should take")
-    p.add_argument("--pbkdf-force-iterations", type=int, default=0, metavar="N",
-                   help="fixed PBKDF2 iterations or Argon2 time cost instead of timing")
-    p.add_argument("--pbkdf-memory", type=int, default=1024 * 1024, metavar="KIB")
-    p.add_argument("--pbkdf-parallel", type=int, default=4, metavar="N")
-    p.add_argument("--size", type=_size, default=0, help="create IMAGE with this size "
-                                                         "(bytes, or with K/M/G suffix)")
-    p.add_argument("--header", metavar="FILE", help="write a detached header to FILE")
-    p.add_argument("-d", "--key-file", metavar="FILE",
-                   help="the passphrase is FILE's contents ('-': stdin)")
+    p.add_argument("new_key_file", nargs="?", metavar="NEW_KEY_FILE",
+                   help="the new passphrase is this file's contents (as --key-file)")
+    options.add_flags(p, FormatOptions)
+    add_config_flags(p, only={"key_file"})
     p.add_argument("-q", "--batch-mode", action="store_true",
                    help="do not ask before overwriting an existing image's header")
     p.set_defaults(run=cmd_format)
 
-    p = sub.add_parser("dump", parents=[common], help="show a LUKS header",
+    p = sub.add_parser("dump", aliases=["luksDump"], parents=[common], help="show a LUKS header",
                        description="Print IMAGE's LUKS header as cryptsetup luksDump does.")
     p.add_argument("image")
-    p.add_argument("--header", metavar="FILE", help="detached header file")
+    add_config_flags(p, only={"header", "key_file", "key_slot"})
     p.add_argument("--dump-volume-key", action="store_true",
                    help="unlock and print the volume key (asks for the passphrase)")
-    p.add_argument("-d", "--key-file", metavar="FILE")
-    p.add_argument("-S", "--key-slot", type=int, metavar="N")
+    add_tries(p)
     p.set_defaults(run=cmd_dump)
+
+    cli_luks.add_commands(sub, common)
 
     p = sub.add_parser("verify", parents=[common],
                        help="prove every crypto path writes the same ciphertext",
                        description="Replay one seeded random workload through every backend × "
                                    "mode × sector size × IV mode and compare the ciphertext "
                                    "images (sha256); exit 1 on any mismatch.")
-    p.add_argument("--size", type=_size, default=4 << 20, help="image size (default 4M)")
+    p.add_argument("--size", type=options.parse_size, default=4 << 20,
+                   help="image size (default 4M)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--backend", action="append", dest="backends", metavar="NAME",
                    help="limit to these backends (repeatable; default all)")
@@ -150,37 +118,51 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="1 MiB per fio job instead of 16")
     p.set_defaults(run=cmd_stress)
 
-    p = sub.add_parser("close", parents=[common], help="flush and unmount MOUNTPOINT")
-    p.add_argument("mountpoint")
+    p = sub.add_parser("close", parents=[common], help="flush and unmount a device",
+                       description="Flush, unmount and wait for the daemon to exit.")
+    p.add_argument("mountpoint", nargs="?", help="the mountpoint or its device file")
+    p.add_argument("--all", action="store_true", help="close every open cryptfs device")
     p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                    help="how long to wait for the daemon to flush and exit")
     p.set_defaults(run=cmd_close)
 
-    p = sub.add_parser("status", parents=[common], help="show an open device and its counters")
-    p.add_argument("mountpoint")
+    p = sub.add_parser("status", parents=[common], help="list open devices, or show one",
+                       description="Without an argument: every open cryptfs device (mountpoint, "
+                                   "image, type, daemon pid, backend, log).  With one: that "
+                                   "device and its counters.")
+    p.add_argument("mountpoint", nargs="?", help="the mountpoint or its device file")
     p.add_argument("--json", action="store_true", help="the raw JSON of MOUNTPOINT/stats")
     p.set_defaults(run=cmd_status)
+    for command in sub.choices.values():
+        command.set_defaults(parser=command)
     return parser
 
 
-def _size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
-    try:
-        if text and text[-1] in units:
-            return int(text[:-1]) * units[text[-1]]
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a size (e.g. 64M)") from None
+def add_tries(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-T", "--tries", type=int, default=3, metavar="N",
+                        help="how often a passphrase typed at a terminal may be tried "
+                             "(default 3)")
+
+
+def _command_first(argv: list[str], parser: Parser) -> list[str]:
+    """cryptsetup takes options before the action too (``cryptsetup -q luksKillSlot IMG 1``):
+    move the command to the front so argparse sees its options after it."""
+    commands = next(a for a in parser._actions
+                    if isinstance(a, argparse._SubParsersAction)).choices
+    takes_value = {s for p in commands.values() for s, a in p._option_string_actions.items()
+                   if a.nargs != 0}
+    i = 0
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "--":
+        i += 2 if argv[i] in takes_value else 1
+    if 0 < i < len(argv) and argv[i] in commands:
+        return [argv[i]] + argv[:i] + argv[i + 1:]
+    return argv
 
 
 def _config(args: argparse.Namespace) -> Config:
     config = load(args.config)
-    for flag, (section, key) in _OVERRIDES.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            config.set(section, key, value, origin="--" + flag.replace("_", "-"))
-    for setting in getattr(args, "set", []):
+    apply_flags(config, args)
+    for setting in args.set:
         apply_setting(config, setting)
     return config
 
@@ -198,15 +180,15 @@ def cmd_open(args: argparse.Namespace) -> int:
     # Imported here so `close` and `status` do not pay for FUSE, trio and the ciphers.
     from .daemon import Daemon
     from .formats import open_volume
-    from .image import Image
-    from .volume import KeySource
+    from .volume import KeySource, with_tries
 
     config = _config(args)
+    check_backend(config)
     mountpoint = _check_mountpoint(args.mountpoint)
-    image = Image(args.image, read_only=config.device.read_only)
+    image = _open_image(args.image, config.device.read_only)
     keys = KeySource(config.crypto.key_file)
     try:
-        volume = open_volume(image, config, keys)
+        volume = with_tries(keys, args.tries, lambda: open_volume(image, config, keys))
         try:
             daemon = Daemon(volume, image, config)
         except BaseException:
@@ -218,8 +200,32 @@ def cmd_open(args: argparse.Namespace) -> int:
     finally:
         keys.wipe()
     if args.foreground:
-        return _run(daemon, mountpoint, ready=lambda: None)
-    return _detach(daemon, mountpoint, args.log_file)
+        return _run(daemon, mountpoint, ready=lambda: print(
+            f"{mountpoint}/device is ready (pid {os.getpid()}); Ctrl-C or "
+            f"'cryptfs close {mountpoint}' closes it", file=sys.stderr, flush=True))
+    daemon.log_file = os.path.abspath(args.log_file or default_log_file())
+    return _detach(daemon, mountpoint, daemon.log_file)
+
+
+def _open_image(path: str, read_only: bool):
+    """The image, opened and locked; a lock held by an open cryptfs device is named."""
+    from .image import Image
+    try:
+        return Image(path, read_only=read_only)
+    except BusyError:
+        where = listing.holder(path)
+        if where:
+            raise BusyError(f"image {path} is in use: open in cryptfs at {where}") from None
+        raise
+
+
+def default_log_file() -> str:
+    """Where a detached daemon logs unless told: one file per user, each line tagged with the
+    daemon's pid."""
+    if os.geteuid() == 0:
+        return "/var/log/cryptfs.log"
+    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(state, "cryptfs", "cryptfs.log")
 
 
 def _run(daemon, mountpoint: str, ready) -> int:
@@ -230,8 +236,9 @@ def _run(daemon, mountpoint: str, ready) -> int:
     return 0
 
 
-def _detach(daemon, mountpoint: str, log_file: str | None) -> int:
+def _detach(daemon, mountpoint: str, log_file: str) -> int:
     """Fork the daemon; return once it reports the device ready (or print why it is not)."""
+    os.makedirs(os.path.dirname(log_file), mode=0o700, exist_ok=True)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid:
@@ -264,9 +271,9 @@ def _detach(daemon, mountpoint: str, log_file: str | None) -> int:
         os._exit(status)
 
 
-def _redirect_output(log_file: str | None) -> None:
-    """Detach stdio from the terminal; keep logging only if a log file was asked for."""
-    target = os.open(log_file or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+def _redirect_output(log_file: str) -> None:
+    """Detach stdio from the terminal; what the daemon logs goes to ``log_file``."""
+    target = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(target, 1)
@@ -277,54 +284,35 @@ def _redirect_output(log_file: str | None) -> None:
 
 def cmd_format(args: argparse.Namespace) -> int:
     from .formats.create import FormatOptions, format_image
-    from .keys import read_key_file, read_passphrase
 
-    if os.path.exists(args.image) and not args.batch_mode and not args.header:
-        _confirm(f"This overwrites the header area of {args.image}; its data becomes "
-                 "unreadable.")
-    options = FormatOptions(
-        version=args.type, cipher=args.cipher, key_bits=args.key_size,
-        sector_size=args.sector_size, hash=args.hash, pbkdf=args.pbkdf or "",
-        iter_time=args.iter_time, force_iterations=args.pbkdf_force_iterations,
-        memory=args.pbkdf_memory, parallel=args.pbkdf_parallel, size=args.size,
-        header=args.header or "")
-    if args.key_file:
-        passphrase = read_key_file(args.key_file)
-    else:
-        passphrase = read_passphrase("Enter passphrase for the new volume: ")
-        if sys.stdin.isatty():
-            with read_passphrase("Verify passphrase: ") as again:
-                if again.buffer != passphrase.buffer:
-                    passphrase.wipe()
-                    raise KeyMaterialError("Passphrases do not match.")
-    with passphrase:
-        uuid = format_image(args.image, options, passphrase)
-    print(f"{args.type.upper()} header written to {args.header or args.image}, UUID {uuid}",
+    o = options.from_args(FormatOptions, args)
+    if os.path.exists(args.image) and not args.batch_mode and not o.header:
+        prompts.confirm(f"This overwrites the header area of {args.image}; its data becomes "
+                "unreadable.")
+    with prompts.new_passphrase(getattr(args, "crypto.key_file") or args.new_key_file,
+                        "Enter passphrase for the new volume: ") as passphrase:
+        uuid = format_image(args.image, o, passphrase)
+    print(f"{o.version.upper()} header written to {o.header or args.image}, UUID {uuid}",
           file=sys.stderr)
     return 0
 
 
-def _confirm(warning: str) -> None:
-    if not sys.stdin.isatty():
-        raise BusyError(f"{warning} Add --batch-mode to confirm.")
-    answer = input(f"WARNING: {warning}\nAre you sure? (Type 'yes' in capital letters): ")
-    if answer != "YES":
-        raise CryptfsError("Operation aborted.")
-
-
 def cmd_dump(args: argparse.Namespace) -> int:
     from .formats import luks
-    from .volume import KeySource
+    from .volume import KeySource, with_tries
 
-    with luks.HeaderFile(args.header or args.image) as hdr:
+    flags = flags_config(args)
+    with luks.HeaderFile(flags.device.header or args.image) as hdr:
         module, header = luks.read_header(hdr)
         print(module.dump(header))
         if args.dump_volume_key:
             print("WARNING: the volume key gives access to all data on the volume; "
                   "keep it secret.", file=sys.stderr)
-            keys = KeySource(args.key_file)
+            keys = KeySource(flags.crypto.key_file)
+            slot = None if flags.device.key_slot < 0 else flags.device.key_slot
             try:
-                key, slot = luks.unlock(module, header, hdr, keys, args.key_slot)
+                key, slot = with_tries(keys, args.tries, lambda: luks.unlock(
+                    module, header, hdr, keys, slot))
             finally:
                 keys.wipe()
             with key:
@@ -419,45 +407,48 @@ def cmd_stress(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _mounted(path: str) -> str:
-    path = os.path.abspath(path)
-    kind = mount_type(path)
-    if kind is None:
-        raise MountError(f"{path} is not mounted")
-    if kind != FSTYPE:
-        raise MountError(f"{path} is not a cryptfs mount (it is {kind})")
-    return path
-
-
-def _read_status(mountpoint: str) -> dict | None:
-    """The daemon's status, or None if its process is gone (a dead mount)."""
-    try:
-        with open(os.path.join(mountpoint, "stats"), "rb") as f:
-            return json.load(f)
-    except OSError as e:
-        if e.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.ENODEV):    # no daemon
-            return None
-        raise MountError(f"cannot read {mountpoint}/stats: {e.strerror}") from None
-
-
 def cmd_close(args: argparse.Namespace) -> int:
+    if args.all == bool(args.mountpoint):
+        raise CryptfsError("close needs a MOUNTPOINT or --all (not both)")
+    if not args.all:
+        _close(listing.mounted(args.mountpoint), args.timeout)
+        return 0
+    worst = 0
+    for device in listing.open_devices():
+        try:
+            _close(device.mountpoint, args.timeout)
+        except CryptfsError as e:
+            print(f"cryptfs: {e}", file=sys.stderr)
+            worst = max(worst, e.exit_code)
+    return worst
+
+
+def _close(mountpoint: str, timeout: float) -> None:
     from .unmount import unmount, wait_exit
-    mountpoint = _mounted(args.mountpoint)
-    status = _read_status(mountpoint)
+    status = listing.read_status(mountpoint)
     if status is None:
         unmount(mountpoint, lazy=True)
         print(f"cleaned up {mountpoint}: its daemon had died", file=sys.stderr)
-        return 0
+        return
     unmount(mountpoint, lazy=False)
-    if not wait_exit(status["pid"], args.timeout):
+    if not wait_exit(status["pid"], timeout):
         raise BusyError(f"unmounted {mountpoint}, but daemon {status['pid']} did not exit "
-                        f"within {args.timeout:g} s")
-    return 0
+                        f"within {timeout:g} s")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    mountpoint = _mounted(args.mountpoint)
-    status = _read_status(mountpoint)
+    if not args.mountpoint:
+        devices = listing.open_devices()
+        if args.json:
+            print(json.dumps([{"mountpoint": d.mountpoint, "status": d.status,
+                               "problem": d.problem} for d in devices], indent=2))
+        elif devices:
+            print(listing.table(devices))
+        else:
+            print("no cryptfs device is open")
+        return 0
+    mountpoint = listing.mounted(args.mountpoint)
+    status = listing.read_status(mountpoint)
     if status is None:
         raise MountError(f"{mountpoint}: the daemon is gone (dead mount); "
                          f"run 'cryptfs close {args.mountpoint}'")
@@ -486,6 +477,7 @@ def format_status(mountpoint: str, s: dict) -> str:
         *([f"  refused:     {s['backend_refused']}"] if s.get("backend_refused") else []),
         f"  discards:    {_discard_state(s)}",
         f"  daemon pid:  {s['pid']}",
+        f"  log:         {s.get('log_file') or 'standard error (foreground)'}",
         "  counters:",
     ]
     counters = {**s["counters"], **{f"backend.{k}": v for k, v in s["backend_stats"].items()}}
@@ -504,7 +496,11 @@ def _discard_state(s: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(_command_first(sys.argv[1:] if argv is None
+                                                         else list(argv), parser))
+    if extra:
+        args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(asctime)s cryptfs[%(process)d] %(levelname)s %(name)s: "
                                "%(message)s")

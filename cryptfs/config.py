@@ -1,34 +1,24 @@
 """The config file (TOML) and its reference: ``[device]``, ``[crypto]``, ``[pipeline]``,
 ``[backend]`` (+ ``[backend.<name>]`` for that backend's own options).
 
-Every key is declared once below with its type, default, allowed values and a one-line help;
-:func:`load` refuses an unknown key, a wrong type or an impossible value with one line naming
-``[section] key`` and what is allowed.  Command-line flags override the file through
-:func:`Config.set`, which runs the same checks.
+Every key is declared once below (:func:`cryptfs.options.option`): type, default, allowed
+values, one-line help and, for most of ``[device]`` and ``[crypto]``, the ``open`` flag.  From
+these come the flags (:func:`add_flags`), the checks, what LUKS refuses (:data:`PLAIN_ONLY`) and
+the README's reference (:func:`reference`).  :func:`load` refuses an unknown key, a wrong type or
+an impossible value with one line naming ``[section] key`` and what is allowed; flags override
+the file through :func:`Config.set`, which runs the same checks.
 """
 
-import json
+import argparse
 import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
+from . import options
 from .errors import ConfigError
 from .geometry import check_sector_size
 from .mdtable import markdown_table
-
-
-def _choice(*allowed: str) -> Callable[[Any], None]:
-    def check(value):
-        if value not in allowed:
-            raise ValueError(f"one of {', '.join(allowed)}")
-    return check
-
-
-def _between(lo: int, hi: int) -> Callable[[Any], None]:
-    def check(value):
-        if not lo <= value <= hi:
-            raise ValueError(f"between {lo} and {hi}")
-    return check
+from .options import between, checked, choice, flag, option, rows
 
 
 def _sector_size(value: int) -> None:
@@ -38,41 +28,46 @@ def _sector_size(value: int) -> None:
         raise ValueError("a power of two between 512 and 4096") from None
 
 
-def _key(default, help: str, check: Callable[[Any], None] | None = None, kind: type | None = None):
-    return field(default=default, metadata={"help": help, "check": check,
-                                            "type": kind or type(default)})
-
-
 @dataclass
 class DeviceSection:
-    type: str = _key("luks", "image format: luks (LUKS1 or LUKS2, from the header), luks1, "
-                     "luks2, plain", _choice("luks", "luks1", "luks2", "plain"))
-    header: str = _key("", "detached LUKS header file (empty: the header is in the image)")
-    key_slot: int = _key(-1, "LUKS key slot to try (-1: every active slot)",
-                         _between(-1, 31))
-    offset: int = _key(0, "start of the payload in the image, in 512-byte sectors (plain mode)",
-                       _between(0, 2**55))
-    skip: int = _key(0, "added to the sector number for IV generation, in 512-byte sectors "
-                     "(plain mode)", _between(0, 2**55))
-    read_only: bool = _key(False, "refuse writes (EROFS) and open the image read-only")
-    allow_discards: bool = _key(False, "punch the ciphertext on discard (fallocate punch-hole)")
-    allow_other: bool = _key(False, "let other users reach the mount (FUSE allow_other); the "
-                                    "device stays mode 0600")
+    type: str = option("luks", "image format: luks (LUKS1 or LUKS2, from the header), luks1, "
+                       "luks2, plain (no header)", choice("luks", "luks1", "luks2", "plain"),
+                       flags=("--type",), metavar="TYPE")
+    header: str = option("", "detached LUKS header file (empty: the header is in the image)",
+                         flags=("--header",), metavar="FILE")
+    key_slot: int = option(-1, "LUKS key slot to try (-1: every active slot)", between(-1, 31),
+                           flags=("-S", "--key-slot"), metavar="N")
+    offset: int = option(0, "start of the payload in the image, in 512-byte sectors",
+                         between(0, 2**55), flags=("-o", "--offset"), metavar="SECTORS",
+                         plain_only=True)
+    skip: int = option(0, "added to the sector number for IV generation, in 512-byte sectors",
+                       between(0, 2**55), flags=("-p", "--skip"), metavar="SECTORS",
+                       plain_only=True)
+    read_only: bool = option(False, "refuse writes (EROFS) and open the image read-only",
+                             flags=("-r", "--read-only"))
+    allow_discards: bool = option(False, "punch the ciphertext on discard (fallocate "
+                                  "punch-hole on the device)", flags=("--allow-discards",))
+    allow_other: bool = option(False, "let other users reach the mount (FUSE allow_other); the "
+                               "device keeps its mode and owner", flags=("--allow-other",))
 
 
 @dataclass
 class CryptoSection:
-    cipher: str = _key("aes-xts-plain64", "dm-crypt cipher spec (plain mode): "
-                       "cipher-chainmode-ivmode[:hash]")
-    key_size: int = _key(0, "key size in bits (plain mode); 0 picks the cipher's default "
-                         "(XTS 512, CBC 256)", _between(0, 512))
-    key_file: str = _key("", "plain: file holding the raw key; LUKS: file whose contents are "
-                         "the passphrase; '-' reads standard input; empty asks")
-    hash: str = _key("sha256", "passphrase hash for plain mode ('plain' uses it unhashed)")
-    sector_size: int = _key(512, "encryption sector (data unit) size in bytes (plain mode)",
-                            _sector_size)
-    iv_large_sectors: bool = _key(False, "IVs count sector_size units, not 512-byte sectors "
-                                  "(plain mode)")
+    cipher: str = option("aes-xts-plain64", "dm-crypt cipher spec cipher-chainmode-ivmode[:hash]",
+                         flags=("-c", "--cipher"), metavar="SPEC", plain_only=True)
+    key_size: int = option(0, "key size in bits; 0 picks the cipher's default (XTS 512, CBC 256)",
+                           between(0, 512), flags=("-s", "--key-size"), metavar="BITS",
+                           plain_only=True)
+    key_file: str = option("", "plain: file holding the raw key (its first key-size bytes); "
+                           "LUKS: file whose contents are the passphrase; '-' reads standard "
+                           "input; empty asks", flags=("-d", "--key-file"), metavar="FILE")
+    hash: str = option("sha256", "passphrase hash without a key file: sha256, sha512, sha1, "
+                       "ripemd160, or 'plain' (unhashed)", flags=("--hash",), metavar="NAME",
+                       plain_only=True)
+    sector_size: int = option(512, "encryption sector (data unit) size in bytes", _sector_size,
+                              flags=("--sector-size",), metavar="BYTES", plain_only=True)
+    iv_large_sectors: bool = option(False, "IVs count sector_size units, not 512-byte sectors",
+                                    flags=("--iv-large-sectors",), plain_only=True)
 
 
 def _probability(value: float) -> None:
@@ -82,27 +77,28 @@ def _probability(value: float) -> None:
 
 @dataclass
 class PipelineSection:
-    mode: str = _key("multi_du", "crypto requests per bio: multi_du (one per bio) or "
-                     "per_sector (one per data unit, as dm-crypt today)",
-                     _choice("per_sector", "multi_du"))
-    queue_depth: int = _key(64, "bios in flight at once (backpressure beyond)", _between(1, 4096))
-    no_read_workqueue: bool = _key(True, "decrypt reads inline instead of on a worker thread")
-    no_write_workqueue: bool = _key(True, "encrypt writes inline instead of on a worker thread")
-    crypto_threads: int = _key(0, "worker threads for offloaded crypto; 0 is one per CPU",
-                               _between(0, 256))
-    fuse_tasks: int = _key(64, "concurrent FUSE requests the daemon serves", _between(1, 4096))
-    completion_timeout: float = _key(30.0, "seconds to wait for an asynchronous completion "
-                                     "before redoing the request in software",
-                                     _between(0.001, 3600))
-    inject_alloc_failure: float = _key(0.0, "fault injection: probability that a multi_du bio "
-                                       "cannot get its buffers (it then goes per sector)",
-                                       _probability)
+    mode: str = option("multi_du", "crypto requests per bio: multi_du (one per bio) or "
+                       "per_sector (one per data unit, as dm-crypt today)",
+                       choice("per_sector", "multi_du"))
+    queue_depth: int = option(64, "bios in flight at once (backpressure beyond)", between(1, 4096))
+    no_read_workqueue: bool = option(True, "decrypt reads inline instead of on a worker thread")
+    no_write_workqueue: bool = option(True, "encrypt writes inline instead of on a worker thread")
+    crypto_threads: int = option(0, "worker threads for offloaded crypto; 0 is one per CPU",
+                                 between(0, 256))
+    fuse_tasks: int = option(64, "concurrent FUSE requests the daemon serves", between(1, 4096))
+    completion_timeout: float = option(30.0, "seconds to wait for an asynchronous completion "
+                                       "before redoing the request in software",
+                                       between(0.001, 3600))
+    inject_alloc_failure: float = option(0.0, "fault injection: probability that a multi_du bio "
+                                         "cannot get its buffers (it then goes per sector)",
+                                         _probability)
 
 
 @dataclass
 class BackendSection:
-    name: str = _key("multidu", "crypto backend: multidu (native multi data unit), software "
-                     "(one cryptography call per data unit) or engine (simulated hardware)")
+    name: str = option("multidu", "crypto backend: multidu (native multi data unit), software "
+                       "(one cryptography call per data unit) or engine (simulated hardware)",
+                       flags=("--backend",), metavar="NAME")
     options: dict = field(default_factory=dict)   # [backend.<name>] tables, checked per backend
 
 
@@ -127,33 +123,8 @@ class Config:
         if spec is None or key == "options":
             known = ", ".join(f.name for f in fields(target) if f.name != "options")
             raise ConfigError(f"config: unknown key {label} (known in [{section}]: {known})")
-        setattr(target, key, _checked(label, value, spec.metadata["type"], spec.metadata["check"]))
+        setattr(target, key, checked(label, value, spec.metadata["type"], spec.metadata["check"]))
         self.explicit.add((section, key))
-
-
-def _checked(label: str, value: Any, kind: type, check) -> Any:
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    # bool is an int in Python; TOML keeps them apart and so do we.
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)) or \
-            kind is not int and not isinstance(value, kind):
-        raise ConfigError(f"config: {label} must be {_type_name(kind)}, "
-                          f"got {_type_name(type(value), article=False)} {value!r}")
-    if check:
-        try:
-            check(value)
-        except ValueError as e:
-            raise ConfigError(f"config: {label} must be {e}, got {value!r}") from None
-    return value
-
-
-_TYPE_NAMES = {bool: "boolean", int: "integer", str: "string", float: "number", dict: "table",
-               list: "array"}
-
-
-def _type_name(kind: type, article: bool = True) -> str:
-    name = _TYPE_NAMES.get(kind, kind.__name__)
-    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}" if article else name
 
 
 def apply_setting(config: Config, setting: str) -> None:
@@ -218,7 +189,7 @@ def backend_options(config: Config, declared: dict[str, OptionSpec]) -> dict:
     result = {}
     for key, (kind, default, check, _help) in declared.items():
         value = given.pop(key, default)
-        result[key] = _checked(f"[backend.{name}] {key}", value, kind, check)
+        result[key] = checked(f"[backend.{name}] {key}", value, kind, check)
     if given:
         known = ", ".join(declared) or "none"
         raise ConfigError(f"config: unknown key [backend.{name}] {next(iter(given))} "
@@ -226,10 +197,41 @@ def backend_options(config: Config, declared: dict[str, OptionSpec]) -> dict:
     return result
 
 
+def check_backend(config: Config) -> None:
+    """Refuse an unknown backend or a bad ``[backend.<name>]`` option now, before any key
+    material is asked for."""
+    import backends
+    backend_options(config, backends.backend_class(config.backend.name).OPTIONS)
+
+
+#: (section, key) → flag of what a LUKS header decides; setting them for LUKS is refused
+PLAIN_ONLY = {(section, f.name): flag(f) for section, cls in SECTIONS.items()
+              for f in fields(cls) if f.metadata.get("plain_only")}
+
+
+def add_flags(parser: argparse.ArgumentParser, only: set[str] | None = None) -> None:
+    """The command-line flags of the config keys that have one (``only``: just these keys)."""
+    for section, cls in SECTIONS.items():
+        options.add_flags(parser, cls, prefix=f"{section}.", only=only)
+
+
+def apply_flags(config: Config, args: argparse.Namespace) -> None:
+    """Set the keys whose flags were given; they override the file."""
+    for section, cls in SECTIONS.items():
+        for f, value in options.given(cls, args, prefix=f"{section}."):
+            config.set(section, f.name, value, origin=flag(f))
+
+
+def flags_config(args: argparse.Namespace) -> Config:
+    """The defaults with the given flags applied (commands that read no config file)."""
+    config = Config()
+    apply_flags(config, args)
+    return config
+
+
 def reference() -> str:
     """The config reference as Markdown (README's table is made from this)."""
     return markdown_table(
-        ["key", "type", "default", "meaning"],
-        ([f"`[{section}] {f.name}`", _type_name(f.metadata["type"], article=False),
-          f"`{json.dumps(f.default)}`", f.metadata["help"]]
-         for section, cls in SECTIONS.items() for f in fields(cls) if f.name != "options"))
+        ["key", "flag", "type", "default", "meaning"],
+        (row for section, cls in SECTIONS.items()
+         for row in rows(cls, key=lambda f, s=section: f"`[{s}] {f.name}`")))

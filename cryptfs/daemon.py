@@ -49,6 +49,7 @@ class Daemon:
                              read_only=config.device.read_only,
                              allow_discards=config.device.allow_discards)
         self.discard_available = False
+        self.log_file: str | None = None        # where a detached daemon logs (for status)
 
     def _converter(self, backend) -> Converter:
         pipeline, v = self.config.pipeline, self.volume
@@ -77,6 +78,7 @@ class Daemon:
         v, g, p = self.volume, self.volume.geometry, self.queue
         return {
             "pid": os.getpid(),
+            "log_file": self.log_file,
             "image": os.path.abspath(self.image.path),
             "type": v.kind,
             "cipher": str(v.spec),

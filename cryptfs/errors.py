@@ -30,6 +30,10 @@ class KeyMaterialError(CryptfsError):
     exit_code = 2
 
 
+class WrongPassphrase(KeyMaterialError):
+    """The passphrase opens no key slot (at a terminal, cryptfs asks again)."""
+
+
 class ImageError(CryptfsError):
     """The ciphertext image is missing, too small, locked or unreadable."""
 

@@ -1,10 +1,10 @@
 """The FUSE file system: a root directory with ``device`` and ``stats``.
 
-``device`` is the decrypted device (mode 0600, owned by whoever opened it, direct I/O so the
-kernel caches nothing); ``stats`` is a read-only JSON snapshot of the counters, taken when it is
-opened.  This is the only module that turns errors into errno values for the kernel: a
-DeviceError carries its own errno; anything unexpected is logged and becomes EIO, so no
-exception ever reaches pyfuse3's main loop.
+``device`` is the decrypted device (mode 0600, 0400 when read-only; owned by whoever opened
+it; the image's mtime; direct I/O so the kernel caches nothing); ``stats`` is a read-only JSON
+snapshot of the counters, taken when it is opened.  This is the only module that turns errors
+into errno values for the kernel: a DeviceError carries its own errno; anything unexpected is
+logged and becomes EIO, so no exception ever reaches pyfuse3's main loop.
 """
 
 import errno
@@ -72,7 +72,9 @@ class DeviceOperations(pyfuse3.Operations):
         if inode == ROOT_INO:
             a.st_mode, a.st_nlink = stat.S_IFDIR | 0o755, 2
         elif inode == DEVICE_INO:
-            a.st_mode, a.st_nlink = stat.S_IFREG | 0o600, 1
+            mode = 0o400 if self.device.read_only else 0o600
+            a.st_mode, a.st_nlink = stat.S_IFREG | mode, 1
+            a.st_mtime_ns = os.fstat(self.device.image.fd).st_mtime_ns
             a.st_size = self.device.size
             a.st_blocks = self.device.size // 512
         elif inode == STATS_INO:

@@ -43,14 +43,17 @@ class Secret:
         self.wipe()
 
 
-def read_key_file(path: str) -> Secret:
-    """Read a whole key file (``-``: standard input to EOF), as cryptsetup does."""
+def read_key_file(path: str, offset: int = 0, size: int = 0) -> Secret:
+    """Read a key file (``-``: standard input) as cryptsetup does: skip ``offset`` bytes, then
+    ``size`` bytes, or to the end of the file when ``size`` is 0."""
+    limit = size or MAX_KEY_FILE + 1
     try:
         if path == "-":
-            data = sys.stdin.buffer.read(MAX_KEY_FILE + 1)
+            data = sys.stdin.buffer.read(offset + limit)[offset:]
         else:
             with open(path, "rb", buffering=0) as f:
-                data = f.read(MAX_KEY_FILE + 1)
+                f.seek(offset)
+                data = f.read(limit)
     except OSError as e:
         raise KeyMaterialError(f"cannot read key file {path}: {e.strerror}") from None
     secret = Secret(data)
@@ -58,8 +61,11 @@ def read_key_file(path: str) -> Secret:
     if len(secret) > MAX_KEY_FILE:
         secret.wipe()
         raise KeyMaterialError(f"key file {path} is larger than {MAX_KEY_FILE // 1024} KiB")
-    if not secret:
-        raise KeyMaterialError(f"key file {path} is empty")
+    if not secret or len(secret) < size:
+        secret.wipe()
+        raise KeyMaterialError(f"key file {path} is empty" if not secret else
+                               f"key file {path} holds {len(secret)} of the {size} bytes asked "
+                               "for (--keyfile-size)")
     return secret
 
 

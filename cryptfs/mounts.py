@@ -17,14 +17,21 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
-def mount_type(path: str) -> str | None:
-    """The file system type mounted at ``path`` (e.g. ``fuse.cryptfs``), or None."""
-    target = os.path.abspath(path)
-    found = None
+def _mounts() -> dict[str, str]:
+    """mount point → file system type; the last mount on a path is the visible one."""
+    found = {}
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
-            sep = fields.index("-")
-            if _unescape(fields[4]) == target:
-                found = fields[sep + 1]      # the last mount on a path is the visible one
+            found[_unescape(fields[4])] = fields[fields.index("-") + 1]
     return found
+
+
+def mount_type(path: str) -> str | None:
+    """The file system type mounted at ``path`` (e.g. ``fuse.cryptfs``), or None."""
+    return _mounts().get(os.path.abspath(path))
+
+
+def mountpoints(fstype: str) -> list[str]:
+    """Every mount point where ``fstype`` is the visible mount, in mount order."""
+    return [path for path, kind in _mounts().items() if kind == fstype]

@@ -1,7 +1,10 @@
 """An opened volume: what a format hands to the device — cipher, key, geometry, description."""
 
+import sys
 from dataclasses import dataclass, field
+from typing import Callable, TypeVar
 
+from .errors import WrongPassphrase
 from .geometry import Geometry
 from .keys import Secret, read_key_file, read_passphrase
 from .spec import CipherSpec
@@ -20,29 +23,55 @@ class Volume:
 
 
 class KeySource:
-    """Where the user's key material comes from: a key file (``-``: stdin) or a passphrase.
+    """Where the user's key material comes from: a key file (``-``: stdin; ``offset`` and
+    ``size`` as cryptsetup's --keyfile-offset/--keyfile-size) or a passphrase.
 
     Formats decide what the material means (plain: a raw key or a passphrase to hash; LUKS: a
     passphrase for a key slot).  ``read()`` returns a fresh Secret the caller wipes.
     """
 
-    def __init__(self, key_file: str | None = None, prompt: str = "Enter passphrase: "):
+    def __init__(self, key_file: str | None = None, prompt: str = "Enter passphrase: ",
+                 offset: int = 0, size: int = 0):
         self.key_file = key_file or None
         self.prompt = prompt
+        self.offset, self.size = offset, size
         self._cached: Secret | None = None
 
     @property
     def is_file(self) -> bool:
         return self.key_file is not None
 
+    @property
+    def interactive(self) -> bool:
+        """A passphrase typed at a terminal (which may be asked for again)."""
+        return not self.is_file and sys.stdin.isatty()
+
     def read(self) -> Secret:
         """Read the material once (stdin cannot be read twice); later calls return a copy."""
         if self._cached is None:
-            self._cached = (read_key_file(self.key_file) if self.key_file
-                            else read_passphrase(self.prompt))
+            self._cached = (read_key_file(self.key_file, self.offset, self.size)
+                            if self.key_file else read_passphrase(self.prompt))
         return Secret(self._cached.buffer)
 
     def wipe(self) -> None:
+        """Forget the material (wiped); the next read() asks or reads again."""
         if self._cached is not None:
             self._cached.wipe()
+            self._cached = None
 
+
+T = TypeVar("T")
+
+
+def with_tries(keys: KeySource, tries: int, attempt: Callable[[], T]) -> T:
+    """``attempt()``, asked again after a wrong passphrase typed at a terminal, up to ``tries``
+    times in all (cryptsetup's --tries); a key file or piped input gets one try."""
+    while True:
+        try:
+            return attempt()
+        except WrongPassphrase as e:
+            tries -= 1
+            if tries <= 0 or not keys.interactive:
+                raise
+            print(e, file=sys.stderr)
+            keys.wipe()

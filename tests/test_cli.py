@@ -1,5 +1,7 @@
 """Bad input: one line on stderr, the documented exit code, no traceback, image untouched."""
 
+import json
+
 import pytest
 
 from cryptfs.mounts import mount_type
@@ -99,7 +101,8 @@ def test_busy_mountpoint_and_locked_image(setup, tmp_path):
                                                                     "mounted there already")
         mnt2 = tmp_path / "mnt2"
         mnt2.mkdir()
+        pid = json.loads((mnt / "stats").read_text())["pid"]
         refused(cryptfs("open", image, mnt2, "--type", "plain", "--key-file", key), 5,
-                "is in use by another cryptfs or QEMU (locked)")
+                f"image {image} is in use: open in cryptfs at {mnt} (pid {pid})")
         assert mount_type(str(mnt2)) is None
     assert sha256(image) == before

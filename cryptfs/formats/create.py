@@ -8,52 +8,29 @@ from dataclasses import dataclass
 from ..errors import ConfigError, ImageError
 from ..geometry import SECTOR, check_sector_size
 from ..keys import Secret
+from ..options import between, choice, option, parse_size
 from ..progress import progress
 from ..spec import parse_spec
 from . import luks1, luks2
-from .kdf import ARGON2_MIN_TIME, PBKDF2_MIN_ITERATIONS, Kdf, argon2_time_for, pbkdf2_iterations_for
-
-DIGEST_MS = 125         # cryptsetup spends ~1/8 s on the volume key digest
-SALT_BYTES = 32
+from .kdf_params import PbkdfOptions, digest_iterations, new_kdf
 
 
 @dataclass
-class FormatOptions:
-    version: str = "luks2"             # luks1 | luks2
-    cipher: str = "aes-xts-plain64"
-    key_bits: int = 0                  # 0: the cipher's default
-    sector_size: int = 512
-    hash: str = "sha256"               # PBKDF2 / AF / digest hash
-    pbkdf: str = ""                    # "" = pbkdf2 for LUKS1, argon2id for LUKS2
-    iter_time: int = 2000              # ms to spend unlocking (cryptsetup --iter-time)
-    force_iterations: int = 0          # fixed iterations / Argon2 time instead of timing
-    memory: int = 1024 * 1024          # Argon2 KiB (cryptsetup's default)
-    parallel: int = 4                  # Argon2 lanes
-    size: int = 0                      # create the image with this many bytes
-    header: str = ""                   # detached header file
-
-
-def _kdf(o: FormatOptions, key_bytes: int) -> tuple[Kdf, int]:
-    kind = o.pbkdf or ("pbkdf2" if o.version == "luks1" else "argon2id")
-    if o.version == "luks1" and kind != "pbkdf2":
-        raise ConfigError("LUKS1 supports only --pbkdf pbkdf2")
-    salt = os.urandom(SALT_BYTES)
-    if kind == "pbkdf2":
-        iterations = o.force_iterations or pbkdf2_iterations_for(o.hash, o.iter_time, key_bytes)
-        if iterations < PBKDF2_MIN_ITERATIONS:
-            raise ConfigError(f"PBKDF2 needs at least {PBKDF2_MIN_ITERATIONS} iterations")
-        kdf = Kdf(kind, salt, iterations, o.hash)
-    else:
-        parallel = max(1, min(o.parallel, os.cpu_count() or 1))
-        time_cost = o.force_iterations or argon2_time_for(kind, o.iter_time, o.memory, parallel,
-                                                          key_bytes)
-        if time_cost < ARGON2_MIN_TIME:
-            raise ConfigError(f"{kind} needs a time cost of at least {ARGON2_MIN_TIME}")
-        kdf = Kdf(kind, salt, time_cost, memory=o.memory, parallel=parallel)
-    kdf.check()
-    digest_iterations = PBKDF2_MIN_ITERATIONS if o.force_iterations else max(
-        PBKDF2_MIN_ITERATIONS, pbkdf2_iterations_for(o.hash, DIGEST_MS, key_bytes))
-    return kdf, digest_iterations
+class FormatOptions(PbkdfOptions):
+    version: str = option("luks2", "LUKS version", choice("luks1", "luks2"), flags=("--type",),
+                          metavar="luks1|luks2")
+    cipher: str = option("aes-xts-plain64", "cipher spec of the data (and the key slots)",
+                         flags=("-c", "--cipher"), metavar="SPEC")
+    key_bits: int = option(0, "volume key size in bits; 0 picks the cipher's default (XTS 512, "
+                           "CBC 256)", between(0, 512), flags=("-s", "--key-size"),
+                           metavar="BITS")
+    sector_size: int = option(512, "encryption sector size, 512..4096 (LUKS2)",
+                              flags=("--sector-size",), metavar="BYTES")
+    size: int = option(0, "create IMAGE with this size (bytes, or K/M/G/T suffix); 0: IMAGE "
+                       "exists", between(0, 2**63), flags=("--size",), metavar="SIZE",
+                       parse=parse_size)
+    header: str = option("", "write a detached header to FILE; the image is not touched",
+                         flags=("--header",), metavar="FILE")
 
 
 def format_image(image: str, o: FormatOptions, passphrase: Secret) -> str:
@@ -82,16 +59,17 @@ def format_image(image: str, o: FormatOptions, passphrase: Secret) -> str:
     if size < data_offset + o.sector_size:
         raise ImageError(f"{image} is too small: {size} bytes, the header and one sector need "
                          f"{data_offset + o.sector_size}")
-    kdf, digest_iterations = _kdf(o, key_bits // 8)
+    kdf = new_kdf(o, o.version, key_bits // 8)
+    digest_iter = digest_iterations(o, o.hash, key_bits // 8)
     key = Secret(os.urandom(key_bits // 8))
     try:
         with progress(f"Creating key slot 0 ({kdf.describe()})", o.iter_time / 1000):
             if o.version == "luks1":
-                header, writes = luks1.create(key, o.cipher, passphrase, kdf, digest_iterations,
+                header, writes = luks1.create(key, o.cipher, passphrase, kdf, digest_iter,
                                               detached=bool(o.header))
             else:
                 header, writes = luks2.create(key, o.cipher, o.sector_size, passphrase, kdf,
-                                              digest_iterations, o.hash, detached=bool(o.header))
+                                              digest_iter, o.hash, detached=bool(o.header))
     finally:
         key.wipe()
     if o.size:

@@ -4,7 +4,7 @@ header file), unlock a key slot with the passphrase, and lay out the data segmen
 import logging
 import os
 
-from ..config import Config
+from ..config import PLAIN_ONLY, Config
 from ..errors import ConfigError, FormatError, ImageError
 from ..geometry import SECTOR, Geometry
 from ..image import Image
@@ -14,13 +14,6 @@ from ..volume import KeySource, Volume
 from . import luks1, luks2
 
 log = logging.getLogger(__name__)
-
-#: what a LUKS header decides; setting them for a LUKS image is a mistake worth saying
-PLAIN_ONLY = {("crypto", "cipher"): "--cipher", ("crypto", "key_size"): "--key-size",
-              ("crypto", "hash"): "--hash", ("crypto", "sector_size"): "--sector-size",
-              ("crypto", "iv_large_sectors"): "--iv-large-sectors",
-              ("device", "offset"): "--offset", ("device", "skip"): "--skip"}
-
 
 class HeaderFile:
     """Read access to where the header lives; short reads come back short."""

@@ -29,7 +29,7 @@ from typing import Callable
 
 from backends.base import Op
 
-from ..errors import FormatError, KeyMaterialError, SpecError
+from ..errors import FormatError, KeyMaterialError, SpecError, WrongPassphrase
 from ..keys import Secret
 from ..spec import parse_spec
 from . import af
@@ -153,7 +153,7 @@ def unlock(header: Luks1Header, read_at: ReadAt, passphrase: Secret,
                          MK_DIGEST_SIZE) == header.mk_digest:
             return key, i
         key.wipe()
-    raise KeyMaterialError("No key available with this passphrase.")
+    raise WrongPassphrase("No key available with this passphrase.")
 
 
 def layout(key_bytes: int) -> tuple[int, int, int]:

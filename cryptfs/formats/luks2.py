@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 from backends.base import Op
 
-from ..errors import FormatError, KeyMaterialError
+from ..errors import FormatError, KeyMaterialError, WrongPassphrase
 from ..geometry import SECTOR, check_sector_size
 from ..keys import Secret
 from ..spec import parse_spec
@@ -319,7 +319,7 @@ def unlock(header: Luks2Header, read_at: ReadAt, passphrase: Secret,
                                                      len(d.digest)) == d.digest:
                 return key, ks.id
         key.wipe()
-    raise KeyMaterialError("No key available with this passphrase.")
+    raise WrongPassphrase("No key available with this passphrase.")
 
 
 # --- creating ----------------------------------------------------------------------------
