@@ -15,7 +15,7 @@ from . import __version__, cli_luks, listing, options, prompts
 from .config import Config, apply_flags, apply_setting, check_backend, flags_config, load
 from .config import add_flags as add_config_flags
 from .errors import BusyError, CryptfsError, MountError
-from .formats.create import FormatOptions
+from .formats.params import FormatOptions
 from .mounts import mount_type
 
 log = logging.getLogger("cryptfs")
@@ -133,9 +133,12 @@ def _parser() -> Parser:
     p.add_argument("mountpoint", nargs="?", help="the mountpoint or its device file")
     p.add_argument("--json", action="store_true", help="the raw JSON of MOUNTPOINT/stats")
     p.set_defaults(run=cmd_status)
-    for command in sub.choices.values():
-        command.set_defaults(parser=command)
     return parser
+
+
+def _commands(parser: Parser) -> dict[str, Parser]:
+    """Command name (and alias) → its parser."""
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
 
 
 def add_tries(parser: argparse.ArgumentParser) -> None:
@@ -147,8 +150,7 @@ def add_tries(parser: argparse.ArgumentParser) -> None:
 def _command_first(argv: list[str], parser: Parser) -> list[str]:
     """cryptsetup takes options before the action too (``cryptsetup -q luksKillSlot IMG 1``):
     move the command to the front so argparse sees its options after it."""
-    commands = next(a for a in parser._actions
-                    if isinstance(a, argparse._SubParsersAction)).choices
+    commands = _commands(parser)
     takes_value = {s for p in commands.values() for s, a in p._option_string_actions.items()
                    if a.nargs != 0}
     i = 0
@@ -283,7 +285,7 @@ def _redirect_output(log_file: str) -> None:
 
 
 def cmd_format(args: argparse.Namespace) -> int:
-    from .formats.create import FormatOptions, format_image
+    from .formats.params import FormatOptions, format_image
 
     o = options.from_args(FormatOptions, args)
     if os.path.exists(args.image) and not args.batch_mode and not o.header:
@@ -497,10 +499,13 @@ def _discard_state(s: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args, extra = parser.parse_known_args(_command_first(sys.argv[1:] if argv is None
-                                                         else list(argv), parser))
-    if extra:
-        args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    argv = _command_first(sys.argv[1:] if argv is None else list(argv), parser)
+    commands = _commands(parser)
+    if argv and argv[0] in commands:
+        # cryptsetup mixes positionals and options: IMAGE --key-file F NEW_KEY_FILE
+        args = commands[argv[0]].parse_intermixed_args(argv[1:])
+    else:
+        args = parser.parse_args(argv)      # --help, --version or a usage error
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(asctime)s cryptfs[%(process)d] %(levelname)s %(name)s: "
                                "%(message)s")

@@ -7,6 +7,9 @@ Prompts, confirmations, ``-v`` messages and exit codes are cryptsetup's, with on
 where cryptsetup asks for confirmation and assumes yes without a terminal, cryptfs needs
 ``--batch-mode`` there.  Changes refuse while the image (or its detached header) is open in
 cryptfs: close it first.
+
+The LUKS modules are imported by the commands that use them, so that ``status`` and ``close``
+do not pay for them.
 """
 
 import argparse
@@ -16,8 +19,7 @@ from . import listing, options
 from .config import add_flags as add_config_flags
 from .config import flags_config
 from .errors import BusyError, CryptfsError, FormatError, KeyMaterialError, WrongPassphrase
-from .formats import headers, keyslots
-from .formats.kdf_params import PbkdfOptions, kdf_kind, new_kdf
+from .formats.params import PRIORITIES, PbkdfOptions, kdf_kind, new_kdf
 from .keys import Secret
 from .prompts import confirm, new_passphrase
 from .volume import KeySource, with_tries
@@ -90,7 +92,7 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
                 "set the LUKS2 label, subsystem or a key slot's priority", keys=False)
     p.add_argument("--label", metavar="TEXT", help="LUKS2 label ('' clears it)")
     p.add_argument("--subsystem", metavar="TEXT", help="LUKS2 subsystem ('' clears it)")
-    p.add_argument("--priority", choices=tuple(headers.PRIORITIES),
+    p.add_argument("--priority", choices=tuple(PRIORITIES),
                    help="key slot priority (with -S)")
     p.add_argument("-S", "--key-slot", type=int, metavar="N")
 
@@ -116,8 +118,9 @@ def _refuse_if_open(path: str) -> None:
                         "('cryptfs close')")
 
 
-def _load(args) -> keyslots.Loaded:
+def _load(args):
     """The header, and a refusal before any passphrase if cryptfs has the image open."""
+    from .formats import keyslots
     path = _path(args)
     loaded = keyslots.load(path, args.type)
     _refuse_if_open(path)
@@ -126,6 +129,7 @@ def _load(args) -> keyslots.Loaded:
 
 def _unlock(args, loaded, prompt: str, slot: int | None = None,
             key_file: str | None = None) -> tuple[Secret, int]:
+    from .formats import keyslots
     keys = KeySource(key_file or flags_config(args).crypto.key_file, prompt,
                      args.keyfile_offset, args.keyfile_size)
 
@@ -156,6 +160,7 @@ def _new_passphrase(args, prompt: str, key_file: str | None) -> Secret:
 
 
 def cmd_add_key(args) -> int:
+    from .formats import keyslots
     loaded = _load(args)
     slots = keyslots.slots_of(loaded)
     wanted = args.new_key_slot
@@ -170,15 +175,13 @@ def cmd_add_key(args) -> int:
                               args.new_key_file or args.new_keyfile) as new:
         kdf = _new_kdf(o, loaded, key)
         with keyslots.editing(loaded, listing.holder) as f:
-            if loaded.version == "luks1":
-                slots.add(f, slot, key, new, kdf)
-            else:
-                slots.add(f, slot, key, new, kdf, used, o.hash)
+            slots.add(f, slot, key, new, kdf, used, o.hash)
     _say(args, f"Key slot {slot} created.", "Command successful.")
     return 0
 
 
 def cmd_change_key(args) -> int:
+    from .formats import keyslots
     loaded = _load(args)
     slots = keyslots.slots_of(loaded)
     if args.key_slot is not None:
@@ -190,10 +193,8 @@ def cmd_change_key(args) -> int:
     with key, _new_passphrase(args, "Enter new passphrase: ", args.new_key_file) as new:
         kdf = _new_kdf(o, loaded, key)
         with keyslots.editing(loaded, listing.holder) as f:
-            if loaded.version == "luks1":
-                slot = slots.change(f, used, key, new, kdf, keep_slot=args.key_slot is not None)
-            else:
-                slot = slots.change(f, used, key, new, kdf, o.hash)
+            slot = slots.change(f, used, key, new, kdf, o.hash,
+                                keep_slot=args.key_slot is not None)
     _say(args, f"Key slot {slot} created.", "Command successful.")
     return 0
 
@@ -212,6 +213,7 @@ def cmd_remove_key(args) -> int:
 
 
 def cmd_kill_slot(args) -> int:
+    from .formats import keyslots
     loaded = _load(args)
     slots = keyslots.slots_of(loaded)
     slots.check_active(args.slot)
@@ -243,18 +245,21 @@ def _verify_other(args, loaded, slot: int, last: bool, key_file: str) -> None:
 
 
 def _remove(args, loaded, slot: int) -> None:
+    from .formats import keyslots
     with keyslots.editing(loaded, listing.holder) as f:
         keyslots.slots_of(loaded).remove(f, slot)
     _say(args, f"Key slot {slot} removed.", "Command successful.")
 
 
 def cmd_header_backup(args) -> int:
+    from .formats import headers
     headers.backup(_path(args), args.header_backup_file)
     _say(args, "Command successful.")
     return 0
 
 
 def cmd_header_restore(args) -> int:
+    from .formats import headers
     path = _path(args)
     _refuse_if_open(path)
     headers.restore(path, args.header_backup_file, lambda w: _confirm(args, w),
@@ -264,6 +269,7 @@ def cmd_header_restore(args) -> int:
 
 
 def cmd_uuid(args) -> int:
+    from .formats import headers, keyslots
     if args.uuid is None:
         print(keyslots.load(_path(args), args.type).header.uuid)
         return 0
@@ -277,6 +283,7 @@ def cmd_uuid(args) -> int:
 
 
 def cmd_is_luks(args) -> int:
+    from .formats import keyslots
     path = _path(args)
     try:
         keyslots.load(path, args.type)
@@ -288,6 +295,7 @@ def cmd_is_luks(args) -> int:
 
 
 def cmd_config(args) -> int:
+    from .formats import headers
     if args.label is None and args.subsystem is None and args.priority is None:
         raise CryptfsError("Option --priority, --label or --subsystem is missing.")
     args.type = "luks2"

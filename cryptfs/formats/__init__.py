@@ -7,12 +7,11 @@ insist on one).  Each returns a :class:`~cryptfs.volume.Volume`: cipher, key, ge
 from ..config import Config
 from ..image import Image
 from ..volume import KeySource, Volume
-from . import luks, plain
-
-OPENERS = {"plain": plain.open_plain, "luks": luks.open_luks, "luks1": luks.open_luks,
-           "luks2": luks.open_luks}
 
 
 def open_volume(image: Image, config: Config, keys: KeySource) -> Volume:
     """Read the header (if any), unlock the key, lay out the device; CryptfsError on failure."""
-    return OPENERS[config.device.type](image, config, keys)
+    # imported here, so that importing one format module costs only that one
+    from . import luks, plain
+    opener = plain.open_plain if config.device.type == "plain" else luks.open_luks
+    return opener(image, config, keys)

@@ -3,34 +3,14 @@ the kernel and QEMU accept.  The data area is left as it is, as ``cryptsetup luk
 does; with a detached header the image is not touched at all."""
 
 import os
-from dataclasses import dataclass
 
 from ..errors import ConfigError, ImageError
 from ..geometry import SECTOR, check_sector_size
 from ..keys import Secret
-from ..options import between, choice, option, parse_size
 from ..progress import progress
 from ..spec import parse_spec
 from . import luks1, luks2
-from .kdf_params import PbkdfOptions, digest_iterations, new_kdf
-
-
-@dataclass
-class FormatOptions(PbkdfOptions):
-    version: str = option("luks2", "LUKS version", choice("luks1", "luks2"), flags=("--type",),
-                          metavar="luks1|luks2")
-    cipher: str = option("aes-xts-plain64", "cipher spec of the data (and the key slots)",
-                         flags=("-c", "--cipher"), metavar="SPEC")
-    key_bits: int = option(0, "volume key size in bits; 0 picks the cipher's default (XTS 512, "
-                           "CBC 256)", between(0, 512), flags=("-s", "--key-size"),
-                           metavar="BITS")
-    sector_size: int = option(512, "encryption sector size, 512..4096 (LUKS2)",
-                              flags=("--sector-size",), metavar="BYTES")
-    size: int = option(0, "create IMAGE with this size (bytes, or K/M/G/T suffix); 0: IMAGE "
-                       "exists", between(0, 2**63), flags=("--size",), metavar="SIZE",
-                       parse=parse_size)
-    header: str = option("", "write a detached header to FILE; the image is not touched",
-                         flags=("--header",), metavar="FILE")
+from .params import FormatOptions, digest_iterations, new_kdf
 
 
 def format_image(image: str, o: FormatOptions, passphrase: Secret) -> str:

@@ -14,10 +14,10 @@ from .keyslot_area import padded
 from .keyslots import Holder, Loaded, editing, load
 from .lock import MetadataLock
 from .metadata import Luks2Writer, write_at, write_luks1
+from .params import PRIORITIES
 
 PAGE = 4096
 LABEL_MAX = 47                      # bytes, as the 48-byte fields end with NUL
-PRIORITIES = {"ignore": 0, "normal": 1, "prefer": 2}
 
 
 def backup_size(loaded: Loaded) -> int:

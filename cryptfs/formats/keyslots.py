@@ -131,13 +131,16 @@ def _seal(key: Secret, passphrase: Secret, kdf: Kdf, cipher: str, area_key_bytes
 class Luks1Slots(Slots):
     MAX = luks1.KEYSLOTS
 
-    def add(self, f: WritableHeader, slot: int, key: Secret, passphrase: Secret, kdf: Kdf) -> None:
+    def add(self, f: WritableHeader, slot: int, key: Secret, passphrase: Secret, kdf: Kdf,
+            unlocked: int, af_hash: str) -> None:
+        """``passphrase`` opens ``key`` from ``slot``.  (LUKS1: one digest, and the header's
+        hash splits the key.)"""
         h = self.loaded.header
         sealed = _seal(key, passphrase, kdf, h.cipher, h.key_bytes, luks1.STRIPES, h.hash)
         self._enable(f, slot, sealed, kdf.iterations, kdf.salt)
 
     def change(self, f: WritableHeader, old: int, key: Secret, passphrase: Secret, kdf: Kdf,
-               keep_slot: bool) -> int:
+               af_hash: str, keep_slot: bool) -> int:
         """Move ``old``'s key to the first free slot under ``passphrase``; with
         ``keep_slot``, on to ``old`` again.  Returns the slot it ends in."""
         new = self.check_new(None)
@@ -207,6 +210,7 @@ class Luks2Slots(Slots):
 
     def add(self, f: WritableHeader, slot: int, key: Secret, passphrase: Secret, kdf: Kdf,
             unlocked: int, af_hash: str) -> None:
+        """``passphrase`` opens ``key`` from ``slot``, in the digest of ``unlocked``."""
         meta = self._begin(f)
         digest = self._digest_of(meta, unlocked)
         meta["keyslots"][str(slot)] = self._sealed_slot(f, meta, key, passphrase, kdf, af_hash)
@@ -214,7 +218,8 @@ class Luks2Slots(Slots):
         self._commit(meta)
 
     def change(self, f: WritableHeader, slot: int, key: Secret, passphrase: Secret, kdf: Kdf,
-               af_hash: str) -> int:
+               af_hash: str, keep_slot: bool) -> int:
+        """``slot`` opens with ``passphrase`` instead (LUKS2 always keeps the slot id)."""
         meta = self._begin(f)
         old = meta["keyslots"][str(slot)]
         new = self._sealed_slot(f, meta, key, passphrase, kdf, af_hash)

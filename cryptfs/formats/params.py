@@ -1,11 +1,12 @@
-"""The key derivation of a new key slot (``format``, ``luksAddKey``, ``luksChangeKey``): the
-options cryptsetup takes for it, declared once, and the parameters they come to here."""
+"""The options of a new header (``format``) and of a new key slot (``format``, ``luksAddKey``,
+``luksChangeKey``, ``config``), declared once as cryptsetup takes them, and the key derivation
+they come to here."""
 
 import os
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..options import between, choice, option
+from ..options import between, choice, option, parse_size
 from .kdf import (
     ARGON2_MAX_MEMORY,
     ARGON2_MAX_PARALLEL,
@@ -43,6 +44,28 @@ class PbkdfOptions:
     parallel: int = option(4, "Argon2 threads, at most the number of CPUs online",
                            between(1, ARGON2_MAX_PARALLEL), flags=("--pbkdf-parallel",),
                            metavar="N")
+
+
+@dataclass
+class FormatOptions(PbkdfOptions):
+    version: str = option("luks2", "LUKS version", choice("luks1", "luks2"), flags=("--type",),
+                          metavar="luks1|luks2")
+    cipher: str = option("aes-xts-plain64", "cipher spec of the data (and the key slots)",
+                         flags=("-c", "--cipher"), metavar="SPEC")
+    key_bits: int = option(0, "volume key size in bits; 0 picks the cipher's default (XTS 512, "
+                           "CBC 256)", between(0, 512), flags=("-s", "--key-size"),
+                           metavar="BITS")
+    sector_size: int = option(512, "encryption sector size, 512..4096 (LUKS2)",
+                              flags=("--sector-size",), metavar="BYTES")
+    size: int = option(0, "create IMAGE with this size (bytes, or K/M/G/T suffix); 0: IMAGE "
+                       "exists", between(0, 2**63), flags=("--size",), metavar="SIZE",
+                       parse=parse_size)
+    header: str = option("", "write a detached header to FILE; the image is not touched",
+                         flags=("--header",), metavar="FILE")
+
+
+#: LUKS2 key slot priorities (``config --priority``) and how they are stored
+PRIORITIES = {"ignore": 0, "normal": 1, "prefer": 2}
 
 
 def kdf_kind(o: PbkdfOptions, version: str) -> str:
