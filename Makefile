@@ -1,6 +1,7 @@
-# cryptfs: `make demo` runs the device end to end, `make test` runs the test suite, `make bench`
-# runs the fio matrix against qemu-storage-daemon and a no-crypto ceiling (about 12 minutes).
-# Each installs what is missing first: Debian packages (as root, or with sudo) and a .venv.
+# cryptfs: `make install` puts `cryptfs` on PATH, `make demo` runs the device end to end,
+# `make test` runs the test suite, `make bench` runs the fio matrix against qemu-storage-daemon
+# and a no-crypto ceiling (about 10 minutes).  Each installs what is missing first: Debian
+# packages (as root, or with sudo) and a .venv.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -8,8 +9,10 @@ PY     := $(VENV)/bin/python
 APT    := fuse3 libfuse3-dev pkg-config fio qemu-utils qemu-system-common cryptsetup-bin \
           util-linux e2fsprogs
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+# where `make install` links the cryptfs command: /usr/local as root, ~/.local otherwise
+PREFIX ?= $(shell [ "$$(id -u)" -eq 0 ] && echo /usr/local || echo $$HOME/.local)
 
-.PHONY: deps system demo test bench stress clean
+.PHONY: deps system install uninstall demo test bench stress clean
 
 deps: system $(VENV)/.installed
 
@@ -25,6 +28,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
+
+install: deps
+	mkdir -p $(PREFIX)/bin
+	ln -sf $(CURDIR)/$(VENV)/bin/cryptfs $(PREFIX)/bin/cryptfs
+	@echo "cryptfs is $(PREFIX)/bin/cryptfs"
+
+uninstall:
+	rm -f $(PREFIX)/bin/cryptfs
 
 demo: deps
 	$(PY) examples/demo.py

@@ -43,7 +43,9 @@ def _parser() -> Parser:
                        description="Mount IMAGE's decrypted device as MOUNTPOINT/device and "
                                    "return once it is ready.")
     p.add_argument("image")
-    p.add_argument("mountpoint")
+    p.add_argument("mountpoint", nargs="?")
+    p.add_argument("--test-passphrase", action="store_true",
+                   help="only check that the passphrase opens IMAGE (no MOUNTPOINT)")
     p.add_argument("--config", metavar="FILE", help="TOML config; flags override it")
     add_config_flags(p)
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -185,6 +187,10 @@ def cmd_open(args: argparse.Namespace) -> int:
     from .volume import KeySource, with_tries
 
     config = _config(args)
+    if args.test_passphrase:
+        return _test_passphrase(args, config)
+    if not args.mountpoint:
+        raise CryptfsError("open needs a MOUNTPOINT (or --test-passphrase)")
     check_backend(config)
     mountpoint = _check_mountpoint(args.mountpoint)
     image = _open_image(args.image, config.device.read_only)
@@ -207,6 +213,23 @@ def cmd_open(args: argparse.Namespace) -> int:
             f"'cryptfs close {mountpoint}' closes it", file=sys.stderr, flush=True))
     daemon.log_file = os.path.abspath(args.log_file or default_log_file())
     return _detach(daemon, mountpoint, daemon.log_file)
+
+
+def _test_passphrase(args: argparse.Namespace, config: Config) -> int:
+    """cryptsetup open --test-passphrase: unlock, and forget the key at once."""
+    from .formats import open_volume
+    from .image import Image
+    from .volume import KeySource, with_tries
+    if args.mountpoint:
+        raise CryptfsError("--test-passphrase takes no MOUNTPOINT")
+    image = Image(args.image, read_only=True)
+    keys = KeySource(config.crypto.key_file)
+    try:
+        with_tries(keys, args.tries, lambda: open_volume(image, config, keys)).close()
+    finally:
+        keys.wipe()
+        image.close()
+    return 0
 
 
 def _open_image(path: str, read_only: bool):
@@ -285,15 +308,15 @@ def _redirect_output(log_file: str) -> None:
 
 
 def cmd_format(args: argparse.Namespace) -> int:
-    from .formats.params import FormatOptions, format_image
+    from .formats.create import format_image
 
     o = options.from_args(FormatOptions, args)
     if os.path.exists(args.image) and not args.batch_mode and not o.header:
         prompts.confirm(f"This overwrites the header area of {args.image}; its data becomes "
-                "unreadable.")
-    with prompts.new_passphrase(getattr(args, "crypto.key_file") or args.new_key_file,
-                        "Enter passphrase for the new volume: ") as passphrase:
-        uuid = format_image(args.image, o, passphrase)
+                        "unreadable.")
+    key_file = flags_config(args).crypto.key_file or args.new_key_file
+    with prompts.new_passphrase(key_file, "Enter passphrase for the new volume: ") as passphrase:
+        uuid = format_image(args.image, o, passphrase, listing.holder)
     print(f"{o.version.upper()} header written to {o.header or args.image}, UUID {uuid}",
           file=sys.stderr)
     return 0

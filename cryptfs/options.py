@@ -13,6 +13,7 @@ from dataclasses import MISSING, Field, field, fields
 from typing import Any, Callable, Iterator
 
 from .errors import ConfigError
+from .mdtable import markdown_table
 
 Check = Callable[[Any], None]        # raises ValueError("what is allowed") on a bad value
 
@@ -122,10 +123,17 @@ def from_args(cls, args: argparse.Namespace):
     return cls(**values)
 
 
-def rows(cls, key: Callable[[Field], str] | None = None) -> Iterator[list[str]]:
-    """Reference table rows: [key,] flag, type, default, meaning."""
+def table(cls, skip=None) -> str:
+    """The options of ``cls`` as a Markdown reference (the README's tables)."""
+    return markdown_table(["flag", "type", "default", "meaning"], rows(cls, skip=skip))
+
+
+def rows(cls, key: Callable[[Field], str] | None = None, skip=None) -> Iterator[list[str]]:
+    """Reference table rows: [key,] flag, type, default, meaning (``skip``: not the fields of
+    this base class)."""
+    inherited = {f.name for f in fields(skip)} if skip else set()
     for f in fields(cls):
-        if "help" not in f.metadata:
+        if "help" not in f.metadata or f.name in inherited:
             continue
         flags = ", ".join(f"`{s}`" for s in f.metadata["flags"]) or ""
         cells = [flags, type_name(f.metadata["type"], article=False), f"`{json.dumps(f.default)}`",

@@ -21,12 +21,22 @@ def test_full_config_is_the_defaults():
     assert load(str(next(p for p in CONFIGS if p.name == "full.toml"))) == Config()
 
 
-def test_readme_config_reference_is_current():
+def generated_tables() -> dict[str, str]:
+    """The README's generated blocks: name → what they must hold."""
     from cryptfs.config import reference
+    from cryptfs.formats.params import FormatOptions, PbkdfOptions
+    from cryptfs.options import table
+    return {"config-reference": reference(),
+            "format-options": table(FormatOptions, skip=PbkdfOptions),
+            "pbkdf-options": table(PbkdfOptions)}
+
+
+@pytest.mark.parametrize("name, expected", generated_tables().items())
+def test_readme_generated_tables_are_current(name, expected):
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    start = readme.index("<!-- config-reference")
-    block = readme[readme.index("\n", start) + 1:readme.index("<!-- /config-reference -->")]
-    assert block.strip() == reference().strip()
+    start = readme.index(f"<!-- {name}:")
+    block = readme[readme.index("\n", start) + 1:readme.index(f"<!-- /{name} -->")]
+    assert block.strip() == expected.strip()
 
 
 def test_readme_documents_every_engine_option():
@@ -35,3 +45,14 @@ def test_readme_documents_every_engine_option():
     for name, (_, default, _, _) in EngineBackend.OPTIONS.items():
         shown = str(default).lower() if isinstance(default, bool) else str(default)
         assert f"| `{name}` | `{shown}` |" in readme, name
+
+
+def test_full_config_lists_every_engine_key_with_its_default():
+    import tomllib
+
+    from backends.engine import EngineBackend
+    text = next(p for p in CONFIGS if p.name == "full.toml").read_text()
+    section = text[text.index("# [backend.engine]"):]
+    uncommented = "\n".join(line.removeprefix("# ") for line in section.splitlines())
+    listed = tomllib.loads(uncommented)["backend"]["engine"]
+    assert listed == {k: default for k, (_, default, _, _) in EngineBackend.OPTIONS.items()}

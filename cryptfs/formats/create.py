@@ -10,11 +10,15 @@ from ..keys import Secret
 from ..progress import progress
 from ..spec import parse_spec
 from . import luks1, luks2
+from .lock import Holder, MetadataLock
+from .metadata import write_at
 from .params import FormatOptions, digest_iterations, new_kdf
 
 
-def format_image(image: str, o: FormatOptions, passphrase: Secret) -> str:
-    """Write the header; returns the new UUID.  CryptfsError before anything is written."""
+def format_image(image: str, o: FormatOptions, passphrase: Secret,
+                 holder: Holder | None = None) -> str:
+    """Write the header under cryptsetup's exclusive lock; returns the new UUID.  CryptfsError
+    before anything is written (BusyError naming ``holder``'s answer if cryptfs has it open)."""
     spec = parse_spec(o.cipher)
     key_bits = o.key_bits or spec.default_key_bits
     spec.check_key_bits(key_bits)
@@ -55,18 +59,15 @@ def format_image(image: str, o: FormatOptions, passphrase: Secret) -> str:
     if o.size:
         with open(image, "xb") as f:
             f.truncate(o.size)
-    _write(o.header or image, writes)
+    _write(o.header or image, writes, holder)
     return header.uuid
 
 
-def _write(path: str, writes: dict[int, bytes]) -> None:
+def _write(path: str, writes: dict[int, bytes], holder: Holder | None) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        for offset, data in sorted(writes.items()):
-            view = memoryview(data)
-            while view:
-                n = os.pwrite(fd, view, offset)
-                view, offset = view[n:], offset + n
-        os.fsync(fd)
+        with MetadataLock(path, exclusive=True, holder=holder):
+            for offset, data in sorted(writes.items()):
+                write_at(fd, data, offset)
     finally:
         os.close(fd)

@@ -11,8 +11,8 @@ from typing import Callable
 from ..errors import ConfigError, CryptfsError, FormatError, ImageError
 from . import luks, luks1
 from .keyslot_area import padded
-from .keyslots import Holder, Loaded, editing, load
-from .lock import MetadataLock
+from .keyslots import Loaded, editing, load
+from .lock import Holder, MetadataLock
 from .metadata import Luks2Writer, write_at, write_luks1
 from .params import PRIORITIES
 

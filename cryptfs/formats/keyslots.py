@@ -21,7 +21,6 @@ import base64
 import contextlib
 import copy
 from dataclasses import dataclass, replace
-from typing import Callable
 
 from backends.base import Op
 
@@ -30,10 +29,8 @@ from ..keys import Secret
 from . import af, luks, luks1, luks2
 from .kdf import Kdf
 from .keyslot_area import crypt_area, padded
-from .lock import MetadataLock
+from .lock import Holder, MetadataLock
 from .metadata import Luks2Writer, WritableHeader, write_luks1
-
-Holder = Callable[[str], str | None]
 
 
 @dataclass

@@ -23,14 +23,15 @@ from typing import Callable
 from ..errors import BusyError, ImageError
 
 LOCK_DIR = "/run/cryptsetup"
+#: who has a path open in cryptfs ("MOUNTPOINT (pid N)"), or None
+Holder = Callable[[str], str | None]
 WAIT_SECONDS = 60.0
 
 
 class MetadataLock:
     """A held lock; ``release()`` (or leaving the with-block) lets it go."""
 
-    def __init__(self, path: str, exclusive: bool,
-                 holder: Callable[[str], str | None] | None = None,
+    def __init__(self, path: str, exclusive: bool, holder: Holder | None = None,
                  wait: float = WAIT_SECONDS):
         self.path = path
         self.exclusive = exclusive

@@ -48,7 +48,8 @@ class PbkdfOptions:
 
 @dataclass
 class FormatOptions(PbkdfOptions):
-    version: str = option("luks2", "LUKS version", choice("luks1", "luks2"), flags=("--type",),
+    version: str = option("luks2", "LUKS version: luks1 or luks2", choice("luks1", "luks2"),
+                          flags=("--type",),
                           metavar="luks1|luks2")
     cipher: str = option("aes-xts-plain64", "cipher spec of the data (and the key slots)",
                          flags=("-c", "--cipher"), metavar="SPEC")
