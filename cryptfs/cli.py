@@ -51,7 +51,7 @@ def _parser() -> Parser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="any config key, e.g. pipeline.mode=per_sector or "
                         "backend.engine.error_rate=0.01 (repeatable)")
-    add_tries(p)
+    prompts.add_tries(p)
     p.add_argument("-f", "--foreground", action="store_true",
                    help="stay attached and log to stderr")
     p.add_argument("--log-file", metavar="FILE",
@@ -77,7 +77,7 @@ def _parser() -> Parser:
     add_config_flags(p, only={"header", "key_file", "key_slot"})
     p.add_argument("--dump-volume-key", action="store_true",
                    help="unlock and print the volume key (asks for the passphrase)")
-    add_tries(p)
+    prompts.add_tries(p)
     p.set_defaults(run=cmd_dump)
 
     cli_luks.add_commands(sub, common)
@@ -141,12 +141,6 @@ def _parser() -> Parser:
 def _commands(parser: Parser) -> dict[str, Parser]:
     """Command name (and alias) → its parser."""
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-
-
-def add_tries(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-T", "--tries", type=int, default=3, metavar="N",
-                        help="how often a passphrase typed at a terminal may be tried "
-                             "(default 3)")
 
 
 def _command_first(argv: list[str], parser: Parser) -> list[str]:

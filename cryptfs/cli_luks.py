@@ -21,7 +21,7 @@ from .config import flags_config
 from .errors import BusyError, CryptfsError, FormatError, KeyMaterialError, WrongPassphrase
 from .formats.params import PRIORITIES, PbkdfOptions, kdf_kind, new_kdf
 from .keys import Secret
-from .prompts import confirm, new_passphrase
+from .prompts import add_tries, confirm, new_passphrase
 from .volume import KeySource, with_tries
 
 
@@ -37,8 +37,7 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
                            help="skip this many bytes of the key file")
             p.add_argument("--keyfile-size", type=int, default=0, metavar="BYTES",
                            help="read this many bytes of the key file (default: all)")
-            p.add_argument("-T", "--tries", type=int, default=3, metavar="N",
-                           help="tries for a passphrase typed at a terminal (default 3)")
+            add_tries(p)
         if pbkdf:
             options.add_flags(p, PbkdfOptions)
             p.add_argument("--new-keyfile-offset", type=int, default=0, metavar="BYTES")

@@ -1,6 +1,7 @@
 """Asking the user: a new passphrase (twice at a terminal) and confirmation of what cannot be
 undone."""
 
+import argparse
 import sys
 
 from .errors import BusyError, CryptfsError, KeyMaterialError
@@ -28,3 +29,9 @@ def confirm(warning: str) -> None:
     answer = input(f"WARNING: {warning}\nAre you sure? (Type 'yes' in capital letters): ")
     if answer != "YES":
         raise CryptfsError("Operation aborted.")
+
+
+def add_tries(parser: argparse.ArgumentParser) -> None:
+    """cryptsetup's -T/--tries: how often a passphrase typed at a terminal may be tried."""
+    parser.add_argument("-T", "--tries", type=int, default=3, metavar="N",
+                        help="tries for a passphrase typed at a terminal (default 3)")

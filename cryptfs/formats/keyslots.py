@@ -278,9 +278,14 @@ class Luks2Slots(Slots):
 
 
 def _area(keyslot: dict) -> tuple[int, int]:
-    """(offset, size) of a key slot's area in the raw metadata (already validated)."""
-    area = keyslot.get("area", {}) if isinstance(keyslot, dict) else {}
-    return int(area.get("offset", 0)), int(area.get("size", 0))
+    """(offset, size) of a key slot's area in the raw metadata; FormatError if it has none
+    that reads (a slot of a type cryptfs does not use, with a broken area)."""
+    try:
+        area = keyslot["area"]
+        return int(area["offset"]), int(area["size"])
+    except (KeyError, TypeError, ValueError):
+        raise FormatError("a LUKS2 key slot has no readable area; cryptfs will not guess "
+                          "where free space is") from None
 
 
 def kdf_json(kdf: Kdf) -> dict:
