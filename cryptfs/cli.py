@@ -197,24 +197,14 @@ def _check_mountpoint(path: str) -> str:
 def cmd_open(args: argparse.Namespace) -> int:
     # Imported here so `close` and `status` do not pay for FUSE, trio and the ciphers.
     from .daemon import Daemon
-    from .formats import open_volume
-    from .image import Image
+    from .stack import assemble
     from .volume import KeySource
 
     config = _config(args)
     mountpoint = _check_mountpoint(args.mountpoint)
-    image = Image(args.image, read_only=config.device.read_only)
     keys = KeySource(config.crypto.key_file)
     try:
-        volume = open_volume(image, config, keys)
-        try:
-            daemon = Daemon(volume, image, config)
-        except BaseException:
-            volume.close()
-            raise
-    except BaseException:
-        image.close()
-        raise
+        daemon = Daemon(assemble(args.image, config, keys))
     finally:
         keys.wipe()
     if args.foreground:
@@ -397,8 +387,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     total = len(sizes) * len(multidu.JOBS) * len(multidu.targets(512)) * args.reps
     with run_bar(total, "bench") as bar:
         rows = multidu.study(args.runtime, args.reps, sector_sizes=sizes, progress=bar.update)
-    print(f"fio psync direct=1, {args.runtime:g} s × {args.reps} runs interleaved, medians\n")
-    print(multidu.markdown(rows))
+    print(multidu.save(rows, f"`cryptfs bench multidu` — fio psync direct=1, "
+                             f"{args.runtime:g} s × {args.reps} runs interleaved, medians\n\n"))
     return 0
 
 

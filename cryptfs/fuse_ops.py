@@ -18,8 +18,8 @@ from typing import Callable
 import pyfuse3
 from pyfuse3 import FUSEError
 
-from .device import Device
 from .errors import DeviceError
+from .queue import RequestQueue
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,11 @@ def _translated(fn):
 class DeviceOperations(pyfuse3.Operations):
     enable_writeback_cache = False
 
-    def __init__(self, device: Device, snapshot: Callable[[], dict],
+    def __init__(self, queue: RequestQueue, snapshot: Callable[[], dict],
                  uid: int | None = None, gid: int | None = None):
         super().__init__()
-        self.device = device
+        self.queue = queue
+        self.device = queue.device
         self.snapshot = snapshot
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
@@ -137,21 +138,21 @@ class DeviceOperations(pyfuse3.Operations):
         content = self._stats_files.get(fh)
         if content is not None:
             return content[off:off + size]
-        return await self.device.read(off, size)
+        return await self.queue.read(off, size)
 
     @_translated
     async def write(self, fh, off, buf):
-        return await self.device.write(off, buf)
+        return await self.queue.write(off, buf)
 
     @_translated
     async def flush(self, fh):
         if fh not in self._stats_files:
-            await self.device.flush()
+            await self.queue.flush()
 
     @_translated
     async def fsync(self, fh, datasync):
         if fh not in self._stats_files:
-            await self.device.flush()
+            await self.queue.flush()
 
     @_translated
     async def release(self, fh):
@@ -172,7 +173,7 @@ class DeviceOperations(pyfuse3.Operations):
         if inode != DEVICE_INO:
             raise FUSEError(errno.EOPNOTSUPP)
         if mode == _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE:
-            await self.device.discard(offset, length)
+            await self.queue.discard(offset, length)
         elif mode in (0, _FALLOC_FL_KEEP_SIZE):
             self.device.check_allocate(offset, length, keep_size=bool(mode))
         else:

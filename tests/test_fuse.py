@@ -250,7 +250,7 @@ async def test_passphrase_on_stdin_is_hashed_like_cryptsetup(volume):
     expected_key = bytes.fromhex("cd2eb0837c9b4c962c22d2ff8b5441b7"
                                  "b45805887f051d39bf133b583baf6860")
     daemon = open_plain(image, expected_key, cipher="aes-cbc-essiv:sha256")
-    assert bytes(await daemon.device.read(0, 10000)) == b"cryptsetup" * 1000
+    assert bytes(await daemon.queue.read(0, 10000)) == b"cryptsetup" * 1000
     daemon.close()
 
 

@@ -49,7 +49,7 @@ async def test_qemu_luks1_opens_with_its_passphrase(tmp_path, crypto_path, alg, 
     qemu_luks_encrypt(plain, image, cipher_alg=alg, cipher_mode=mode, ivgen_alg=ivgen,
                       ivgen_hash=ivhash)
     daemon = open_luks(image, **crypto_path)
-    assert daemon.volume.kind == "luks1"
+    assert daemon.stack.volume.kind == "luks1"
     model = await read_then_patch(daemon, plain.read_bytes(), seed=1)
     assert qemu_luks_decrypt(image, tmp_path / "out.raw") == model
 
@@ -62,7 +62,7 @@ async def test_qemu_luks1_header_hashes(tmp_path, hash_alg):
     image = tmp_path / "image.luks"
     qemu_luks_encrypt(plain, image, hash_alg=hash_alg)
     daemon = open_luks(image)
-    assert bytes(await daemon.device.read(0, 1 << 20)) == plain.read_bytes()
+    assert bytes(await daemon.queue.read(0, 1 << 20)) == plain.read_bytes()
     daemon.close()
 
 
@@ -74,10 +74,10 @@ async def test_cryptsetup_luks1_key_and_data(tmp_path, cipher, bits):
     cryptsetup("luksFormat", "--type", "luks1", "--cipher", cipher, "--key-size", str(bits),
                "--pbkdf-force-iterations", "1000", str(image))
     daemon = open_luks(image)
-    assert bytes(daemon.volume.key.buffer) == luks_volume_key(image)[0]
+    assert bytes(daemon.stack.volume.key.buffer) == luks_volume_key(image)[0]
     size = daemon.device.size
     data = random.Random(3).randbytes(size)
-    assert await daemon.device.write(0, data) == size
+    assert await daemon.queue.write(0, data) == size
     daemon.close()
     assert qemu_luks_decrypt(image, tmp_path / "out.raw") == data
 
@@ -109,10 +109,10 @@ async def test_cryptsetup_luks2_reads_back_and_decrypts(tmp_path, crypto_path, p
     plaintext = random.Random(sector_size).randbytes(SIZE)
     image, header = reencrypt_luks2(tmp_path, plaintext, sector_size, pbkdf, detached)
     daemon = open_luks(image, header=header, **crypto_path)
-    assert daemon.volume.kind == "luks2"
-    assert daemon.volume.geometry.sector_size == sector_size
+    assert daemon.stack.volume.kind == "luks2"
+    assert daemon.stack.volume.geometry.sector_size == sector_size
     if not detached:
-        assert bytes(await daemon.device.read(0, SIZE)) == plaintext
+        assert bytes(await daemon.queue.read(0, SIZE)) == plaintext
         daemon.close()
         return
     model = await read_then_patch(daemon, plaintext, seed=sector_size)
@@ -144,10 +144,10 @@ async def test_cryptfs_format_is_accepted_by_cryptsetup_and_qemu(tmp_path, kind,
     assert f"Version:       \t{kind[-1]}" in dump
     cryptsetup("open", "--test-passphrase", str(image))
     daemon = open_luks(image)
-    assert bytes(daemon.volume.key.buffer) == luks_volume_key(image)[0]     # cryptsetup reads
+    assert bytes(daemon.stack.volume.key.buffer) == luks_volume_key(image)[0]     # cryptsetup reads
                                                                            # an open image
     data = random.Random(4).randbytes(daemon.device.size)
-    assert await daemon.device.write(0, data) == len(data)
+    assert await daemon.queue.write(0, data) == len(data)
     daemon.close()
     if kind == "luks1":
         assert qemu_luks_decrypt(image, tmp_path / "out.raw") == data
@@ -165,7 +165,7 @@ async def test_cryptfs_format_detached_header_decrypts_with_cryptsetup(tmp_path)
     assert image.read_bytes() == before            # a detached header leaves the data alone
     daemon = open_luks(image, header=header)
     data = random.Random(5).randbytes(SIZE)
-    await daemon.device.write(0, data)
+    await daemon.queue.write(0, data)
     daemon.close()
     cryptsetup("reencrypt", "--decrypt", "--header", str(header), "--force-offline-reencrypt",
                str(image))

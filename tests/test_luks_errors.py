@@ -163,7 +163,7 @@ async def test_fixed_size_segment_and_iv_tweak(tmp_path, luks2_template):
     image.write_bytes(area)
     daemon = open_luks(image)
     assert daemon.device.size == 65536
-    assert daemon.volume.geometry.iv_sector(0) == 8       # iv_tweak shifts every IV sector
+    assert daemon.stack.volume.geometry.iv_sector(0) == 8       # iv_tweak shifts every IV sector
     daemon.close()
 
 
