@@ -22,7 +22,8 @@
  *     plain a 32-bit counter that wraps as dm-crypt's does; for essiv, benbi and null the
  *     plain64 IV of the first unit, from which each unit's IV is derived as dm-crypt derives
  *     it (64-bit sector).  threads > 1 splits the units over up to that many threads.
- *     Raises NativeError if OpenSSL fails; dst is then not to be trusted.
+ *     Raises NativeError (a backends.base.CryptoFailure) if OpenSSL fails; dst is then not to
+ *     be trusted.
  * Core.close()
  *     Waits for calls in flight, frees (and so cleanses) every key schedule.  Later calls
  *     raise ValueError.
@@ -606,7 +607,13 @@ PyMODINIT_FUNC PyInit__native(void)
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;
-    NativeError = PyErr_NewException("backends._native.NativeError", PyExc_RuntimeError, NULL);
+    /* A failure is the backend contract's CryptoFailure: callers need no translation. */
+    PyObject *base = PyImport_ImportModule("backends.base");
+    PyObject *failure = base ? PyObject_GetAttrString(base, "CryptoFailure") : NULL;
+    Py_XDECREF(base);
+    NativeError = failure ? PyErr_NewException("backends._native.NativeError", failure, NULL)
+                          : NULL;
+    Py_XDECREF(failure);
     if (!NativeError || PyModule_AddObjectRef(m, "NativeError", NativeError) < 0 ||
         PyModule_AddObjectRef(m, "Core", (PyObject *)&CoreType) < 0) {
         Py_DECREF(m);

@@ -14,7 +14,7 @@ from cryptfs.spec import CipherSpec
 
 from . import native
 from .aes import UnitCipher
-from .base import BackendStats, Caps, CryptoFailure, CryptoRequest, Status
+from .base import BackendStats, Caps, CryptoFailure, CryptoRequest, Op, Status
 from .vectorised import VectorisedCipher
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,10 @@ class MultiDuBackend:
                          data_unit_sizes=frozenset(sizes) or None)
         UnitCipher(spec.mode, key)             # refuses a key exactly as software does
         self.native = options.get("native", True) and native.AVAILABLE
+        self._crypt = None
         if self.native:
-            self._cipher = native.NativeCipher(spec, key)
+            self._cipher = native.keyed_core(spec, key)
+            self._crypt = self._cipher.crypt
         else:
             if options.get("native", True) and not _warned:
                 log.warning("%s: multidu runs on its pure-Python path", native.UNAVAILABLE)
@@ -69,8 +71,9 @@ class MultiDuBackend:
         if self.caps.data_unit_sizes and du not in self.caps.data_unit_sizes:
             raise CryptoFailure(f"data unit size {du} not supported by this engine")
         self._stats.count(req)
-        if self.native:
-            self._cipher.crypt(req.op, req.src, req.dst, req.iv, du, req.iv_step, self.threads)
+        if self._crypt:
+            self._crypt(req.op is Op.ENCRYPT, req.src, req.dst, req.iv, du, req.iv_step,
+                        self.threads)
         elif self._cipher.crypt(req.op, req.src, req.dst, req.iv, du, req.iv_step):
             self._stats.add("vectorised")
         return Status.DONE

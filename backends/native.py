@@ -3,11 +3,16 @@
 The package's build compiles it against OpenSSL's libcrypto; where that could not happen (no
 compiler or no OpenSSL headers), ``AVAILABLE`` is False, ``UNAVAILABLE`` says why, and
 ``multidu`` runs on its pure-Python path (:mod:`backends.vectorised`) instead.
+
+A core is keyed once (:func:`keyed_core`); ``core.crypt(encrypt, src, dst, iv, data_unit_size,
+iv_step, threads)`` converts a whole multi data unit request — IVs as the contract of
+:mod:`backends.base` defines them — with the GIL released, thread-safe, and raises
+``NativeError``, a :class:`~backends.base.CryptoFailure`, if OpenSSL fails.
 """
 
 from cryptfs.spec import CipherSpec
 
-from .base import CryptoFailure, Op
+from .base import CryptoFailure
 
 try:
     from . import _native
@@ -19,28 +24,14 @@ else:
 AVAILABLE = _native is not None
 
 
-class NativeCipher:
-    """One keyed native core: ``crypt`` converts a whole multi data unit request (IVs as the
-    contract of :mod:`backends.base` defines them) with the GIL released; thread-safe."""
-
-    def __init__(self, spec: CipherSpec, key: bytes | bytearray):
-        if _native is None:
-            raise CryptoFailure(UNAVAILABLE)
-        try:
-            self._core = _native.Core(spec.mode, key, spec.ivmode, spec.ivopts)
-        except ValueError as e:
-            raise CryptoFailure(f"AES-{spec.mode.upper()} refuses this key: {e}") from None
-
-    def crypt(self, op: Op, src, dst, iv: bytes, du: int, step: int, threads: int = 1) -> None:
-        """Convert ``src`` into ``dst``; CryptoFailure if OpenSSL fails (dst is then garbage)."""
-        try:
-            self._core.crypt(op is Op.ENCRYPT, src, dst, iv, du, step, threads)
-        except _native.NativeError as e:
-            raise CryptoFailure(str(e)) from None
-
-    def close(self) -> None:
-        """Free and cleanse the key schedules, once calls in flight are done."""
-        self._core.close()
+def keyed_core(spec: CipherSpec, key: bytes | bytearray):
+    """A native core for ``spec`` keyed with ``key``; CryptoFailure if it cannot be."""
+    if _native is None:
+        raise CryptoFailure(UNAVAILABLE)
+    try:
+        return _native.Core(spec.mode, key, spec.ivmode, spec.ivopts)
+    except ValueError as e:
+        raise CryptoFailure(f"AES-{spec.mode.upper()} refuses this key: {e}") from None
 
 
 def openssl_version() -> str | None:

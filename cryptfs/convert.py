@@ -155,6 +155,8 @@ class Converter:
         self.backend = backend
         self.fallback = fallback
         self.geometry = geometry
+        self._du, self._iv_step, self._iv_base = \
+            geometry.sector_size, geometry.iv_step, geometry.iv_base
         self.stats = stats
         self.completion_timeout = completion_timeout
         self.asynchronous = backend.caps.asynchronous
@@ -176,14 +178,12 @@ class Converter:
     def requests(self, op: Op, unit: int, src: memoryview, dst: memoryview, *,
                  per_sector: bool, fallback: bool = False) -> list[CryptoRequest]:
         """The requests for one bio: one per data unit, or one for the bio."""
-        g = self.geometry
-        du = g.sector_size
+        du, step, base = self._du, self._iv_step, self._iv_base     # Geometry.iv_sector
         iv = self.fallback_iv if fallback else self.backend_iv
         if not per_sector:
-            return [CryptoRequest(op, src, dst, iv(g.iv_sector(unit)), du, g.iv_step, None,
-                                  unit)]
-        return [CryptoRequest(op, src[o:o + du], dst[o:o + du], iv(g.iv_sector(unit + i)), du,
-                              1, None, unit + i)
+            return [CryptoRequest(op, src, dst, iv(unit * step + base), du, step, None, unit)]
+        return [CryptoRequest(op, src[o:o + du], dst[o:o + du], iv((unit + i) * step + base),
+                              du, 1, None, unit + i)
                 for i, o in enumerate(range(0, len(src), du))]
 
     def _multi_du_for(self, unit: int, count: int, retried: bool) -> bool:
@@ -194,8 +194,8 @@ class Converter:
         if not self.multi_du or retried or count < 2:
             return False
         if self._wrap:
-            g = self.geometry
-            if g.iv_sector(unit) % self._wrap + (count - 1) * g.iv_step >= self._wrap:
+            first = (unit * self._iv_step + self._iv_base) % self._wrap
+            if first + (count - 1) * self._iv_step >= self._wrap:
                 self.stats.add("plain_wrap_per_sector")
                 return False
         if self.alloc_failure_rate and self._random.random() < self.alloc_failure_rate:
@@ -206,7 +206,7 @@ class Converter:
     def convert(self, op: Op, unit: int, src: memoryview, dst: memoryview,
                 retried: bool = False) -> None:
         """Convert one bio; DeviceError(EIO) if neither the backend nor the fallback can."""
-        multi = self._multi_du_for(unit, len(src) // self.geometry.sector_size, retried)
+        multi = self._multi_du_for(unit, len(src) // self._du, retried)
         failed: list[tuple[CryptoRequest, int]] = []
         pending = None
         if self.asynchronous:
@@ -238,6 +238,8 @@ class Converter:
             late = pending.wait_all(self.completion_timeout)
             if late:
                 self.stats.add("timeouts", late)
+        if not failed:
+            return
         if multi and any(err == errno.ENOMEM for _, err in failed):
             self.stats.add("multi_du_retried_bios")     # memory pressure: per sector, once
             self.convert(op, unit, src, dst, retried=True)

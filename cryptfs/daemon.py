@@ -49,6 +49,7 @@ class Daemon:
             log.warning("backend %s failed its self-test (%s): using software instead",
                         s.backend.name, problem)
             s.replace_backend(f"{s.backend.name} failed its self-test: {problem}")
+            self.queue.place()
 
     def status(self) -> dict:
         s, q = self.stack, self.queue

@@ -15,6 +15,7 @@ request it completes late may still write into them.
 """
 
 import errno
+import os
 import threading
 
 from backends.base import Op
@@ -45,17 +46,19 @@ class Device:
     # --- bios ------------------------------------------------------------------------------
 
     def _ciphertext_buffer(self, size: int) -> memoryview:
-        if self.converter.asynchronous:
-            return memoryview(bytearray(size))
-        buf = getattr(self._scratch, "buf", None)
-        if buf is None or len(buf) < size:
+        buf = self._scratch.__dict__.get("buf")
+        if buf is None or len(buf) < size or self.converter.asynchronous:
+            if self.converter.asynchronous:
+                return memoryview(bytearray(size))
             buf = self._scratch.buf = memoryview(bytearray(max(size, 1 << 16)))
         return buf[:size]
 
     def _read_units(self, unit: int, plaintext: memoryview) -> None:
         """Decrypt the data units from ``unit`` into ``plaintext`` (whole units)."""
-        ciphertext = self._ciphertext_buffer(len(plaintext))
-        self.image.read_into(ciphertext, self._base + unit * self._ss)
+        size, at = len(plaintext), self._base + unit * self._ss
+        ciphertext = self._ciphertext_buffer(size)
+        if os.preadv(self.image.fd, (ciphertext,), at) != size:
+            self.image.read_into(ciphertext, at)        # short: the rest, or why it ends
         self.converter.convert(Op.DECRYPT, unit, ciphertext, plaintext)
 
     def _write_units(self, unit: int, plaintext: memoryview) -> None:

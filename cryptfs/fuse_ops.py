@@ -33,20 +33,27 @@ _FALLOC_FL_PUNCH_HOLE = 0x02
 _ATTR_TIMEOUT = 3600.0
 
 
+def _fuse_error(handler: str, failure: Exception) -> FUSEError:
+    """The FUSEError a handler's failure becomes: a DeviceError's own errno, else EIO (and
+    the traceback in the log)."""
+    if isinstance(failure, FUSEError):
+        return failure
+    if isinstance(failure, DeviceError):
+        log.debug("%s: %s", handler, failure)
+        return FUSEError(failure.errno)
+    log.error("%s failed", handler, exc_info=failure)
+    return FUSEError(errno.EIO)
+
+
 def _translated(fn):
-    """Run a FUSE handler, turning every failure into a FUSEError."""
+    """Run a FUSE handler, turning every failure into a FUSEError.  (``read`` and ``write``,
+    the hot path, translate inline: one coroutine less per request.)"""
     @functools.wraps(fn)
     async def handler(*args):
         try:
             return await fn(*args)
-        except FUSEError:
-            raise
-        except DeviceError as e:
-            log.debug("%s: %s", fn.__name__, e)
-            raise FUSEError(e.errno) from None
-        except Exception:
-            log.exception("%s failed", fn.__name__)
-            raise FUSEError(errno.EIO) from None
+        except Exception as e:
+            raise _fuse_error(fn.__name__, e) from None
     return handler
 
 
@@ -133,16 +140,19 @@ class DeviceOperations(pyfuse3.Operations):
         self._next_fh += 1
         return self._next_fh
 
-    @_translated
     async def read(self, fh, off, size):
-        content = self._stats_files.get(fh)
-        if content is not None:
-            return content[off:off + size]
-        return await self.queue.read(off, size)
+        try:
+            if fh in self._stats_files:
+                return self._stats_files[fh][off:off + size]
+            return await self.queue.read(off, size)
+        except Exception as e:
+            raise _fuse_error("read", e) from None
 
-    @_translated
     async def write(self, fh, off, buf):
-        return await self.queue.write(off, buf)
+        try:
+            return await self.queue.write(off, buf)
+        except Exception as e:
+            raise _fuse_error("write", e) from None
 
     @_translated
     async def flush(self, fh):

@@ -30,14 +30,14 @@ class RequestQueue:
         self._pipeline = pipeline
         self._slots = trio.Semaphore(self.depth)
         self._threads = trio.CapacityLimiter(crypto_threads(pipeline))
+        self.place()
 
-    @property
-    def offload_reads(self) -> bool:
-        return not self._pipeline.no_read_workqueue or self.device.converter.asynchronous
-
-    @property
-    def offload_writes(self) -> bool:
-        return not self._pipeline.no_write_workqueue or self.device.converter.asynchronous
+    def place(self) -> None:
+        """Decide where reads and writes run, for the device's current backend (again after
+        the backend was replaced)."""
+        asynchronous = self.device.converter.asynchronous
+        self.offload_reads = not self._pipeline.no_read_workqueue or asynchronous
+        self.offload_writes = not self._pipeline.no_write_workqueue or asynchronous
 
     async def read(self, offset: int, length: int) -> memoryview:
         """The device's plaintext of [offset, offset+length) (short at the end)."""

@@ -58,12 +58,13 @@ class FakeEngine:
             if n in self.raise_on:
                 raise CryptoFailure("scripted synchronous failure")
             self.numbers[id(req)] = n
-            self.token.run_sync_soon(self.wake.set)
-            if len(self.ring) < self.slots:
-                self.ring.append(req)
-                return Status.IN_PROGRESS
-            self.backlog.append(req)
-            return Status.BUSY
+            status = Status.IN_PROGRESS if len(self.ring) < self.slots else Status.BUSY
+            (self.ring if status is Status.IN_PROGRESS else self.backlog).append(req)
+            self.token.run_sync_soon(self._wake)        # after the append: the task looks
+            return status
+
+    def _wake(self):
+        self.wake.set()         # the event current when the engine's task runs this
 
     async def run(self):
         self.token = trio.lowlevel.current_trio_token()

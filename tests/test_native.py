@@ -81,11 +81,11 @@ def test_core_matches_software_on_random_bios(cipher, data):
     threads = data.draw(st.sampled_from([1, 2, 3, 8]), label="threads")
     src = rng.randbytes(n * du)
     expected = reference(spec, key, op, src, du, sector, step)
-    core = native.NativeCipher(spec, bytearray(key))
+    core = native.keyed_core(spec, bytearray(key))
     buf = bytearray(src)
     dst = buf if in_place else bytearray(len(src))
-    core.crypt(op, memoryview(buf), memoryview(dst), first_iv(spec.ivmode, sector), du, step,
-               threads)
+    core.crypt(op is Op.ENCRYPT, memoryview(buf), memoryview(dst),
+               first_iv(spec.ivmode, sector), du, step, threads)
     assert bytes(dst) == expected
     if not in_place:
         assert bytes(buf) == src                        # the source is left as it was
@@ -96,15 +96,14 @@ def test_plain_wraps_inside_one_request_as_dm_crypt_does():
     spec, key = parse_spec("aes-xts-plain"), bytes(range(1, 65))
     src = random.Random(5).randbytes(64 * 512)
     out = bytearray(len(src))
-    native.NativeCipher(spec, key).crypt(Op.ENCRYPT, src, out, first_iv("plain", 2**32 - 10),
-                                         512, 1)
+    native.keyed_core(spec, key).crypt(True, src, out, first_iv("plain", 2**32 - 10), 512, 1)
     # units 10.. restart at IV 0: unit 10 is what sector 0 gives, as dm-crypt computes it
     assert bytes(out[10 * 512:11 * 512]) == reference(spec, key, Op.ENCRYPT,
                                                       src[10 * 512:11 * 512], 512, 0, 1)
 
 
 def core():
-    return native.NativeCipher(parse_spec("aes-xts-plain64"), bytes(range(1, 65)))
+    return native.keyed_core(parse_spec("aes-xts-plain64"), bytes(range(1, 65)))
 
 
 @pytest.mark.parametrize("src, dst, iv, du, fragment", [
@@ -115,36 +114,36 @@ def core():
 ])
 def test_bad_requests_are_refused(src, dst, iv, du, fragment):
     with pytest.raises(ValueError, match=fragment):
-        core().crypt(Op.ENCRYPT, src, dst, iv, du, 1)
+        core().crypt(True, src, dst, iv, du, 1)
 
 
 def test_a_partial_overlap_is_refused_and_in_place_is_not():
     buf = memoryview(bytearray(4096))
     c = core()
     with pytest.raises(ValueError, match="overlap"):
-        c.crypt(Op.ENCRYPT, buf[:2048], buf[512:2560], bytes(16), 512, 1)
-    c.crypt(Op.ENCRYPT, buf[:2048], buf[:2048], bytes(16), 512, 1)
+        c.crypt(True, buf[:2048], buf[512:2560], bytes(16), 512, 1)
+    c.crypt(True, buf[:2048], buf[:2048], bytes(16), 512, 1)
     with pytest.raises(TypeError):                      # the destination must be writable
-        c.crypt(Op.ENCRYPT, bytes(512), bytes(512), bytes(16), 512, 1)
+        c.crypt(True, bytes(512), bytes(512), bytes(16), 512, 1)
 
 
 def test_keys_the_software_backend_refuses_are_refused():
     with pytest.raises(CryptoFailure, match="refuses this key"):
-        native.NativeCipher(parse_spec("aes-xts-plain64"), bytes(48))       # no XTS size
+        native.keyed_core(parse_spec("aes-xts-plain64"), bytes(48))         # no XTS size
     with pytest.raises(CryptoFailure, match="refuses this key"):
-        native.NativeCipher(parse_spec("aes-xts-plain64"), bytes(64))       # equal halves
+        native.keyed_core(parse_spec("aes-xts-plain64"), bytes(64))         # equal halves
 
 
 def test_a_closed_core_refuses_work():
     c = core()
     c.close()
     with pytest.raises(ValueError, match="closed"):
-        c.crypt(Op.ENCRYPT, bytes(512), bytearray(512), bytes(16), 512, 1)
+        c.crypt(True, bytes(512), bytearray(512), bytes(16), 512, 1)
 
 
 def test_calls_from_many_threads_at_once_are_each_right():
     spec, key = parse_spec("aes-cbc-essiv:sha256"), bytes(range(32))
-    c = native.NativeCipher(spec, key)
+    c = native.keyed_core(spec, key)
     jobs = [(random.Random(i).randbytes(256 * 512), i * 1000) for i in range(16)]
     results = [None] * len(jobs)
 
@@ -152,7 +151,7 @@ def test_calls_from_many_threads_at_once_are_each_right():
         src, sector = jobs[i]
         out = bytearray(len(src))
         for _ in range(5):
-            c.crypt(Op.ENCRYPT, src, out, first_iv("essiv", sector), 512, 1, threads=2)
+            c.crypt(True, src, out, first_iv("essiv", sector), 512, 1, threads=2)
         results[i] = bytes(out)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
@@ -172,7 +171,7 @@ def test_the_gil_is_released_while_a_bio_converts():
     c = core()
 
     def convert():
-        c.crypt(Op.ENCRYPT, src, src, bytes(16), 512, 1)
+        c.crypt(True, src, src, bytes(16), 512, 1)
         done.set()
 
     worker = threading.Thread(target=convert)
@@ -189,12 +188,12 @@ def test_split_work_survives_a_fork():
     c = core()
     src = random.Random(3).randbytes(1 << 20)
     parent = bytearray(len(src))
-    c.crypt(Op.ENCRYPT, src, parent, bytes(16), 512, 1, threads=4)      # workers started here
+    c.crypt(True, src, parent, bytes(16), 512, 1, threads=4)      # workers started here
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:                                                        # the child
         child = bytearray(len(src))
-        c.crypt(Op.ENCRYPT, src, child, bytes(16), 512, 1, threads=4)
+        c.crypt(True, src, child, bytes(16), 512, 1, threads=4)
         os.write(write_end, b"ok" if child == parent else b"wrong")
         os._exit(0)
     os.close(write_end)
