@@ -20,16 +20,18 @@ class Volume:
 
 
 class KeySource:
-    """Where the user's key material comes from: a key file (``-``: stdin) or a passphrase.
+    """Where the user's key material comes from: a key file (``-``: stdin), a passphrase asked
+    for at the terminal, or a passphrase ``given`` by a program (the Python API).
 
     Formats decide what the material means (plain: a raw key or a passphrase to hash; LUKS: a
     passphrase for a key slot).  ``read()`` returns a fresh Secret the caller wipes.
     """
 
-    def __init__(self, key_file: str | None = None, prompt: str = "Enter passphrase: "):
+    def __init__(self, key_file: str | None = None, prompt: str = "Enter passphrase: ",
+                 given: Secret | None = None):
         self.key_file = key_file or None
         self.prompt = prompt
-        self._cached: Secret | None = None
+        self._cached: Secret | None = given
 
     @property
     def is_file(self) -> bool:

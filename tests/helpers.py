@@ -211,3 +211,21 @@ async def read_then_patch(daemon, plaintext: bytes, seed: int) -> bytes:
     await daemon.queue.flush()
     daemon.close()
     return bytes(model)
+
+
+def reencrypt_luks2(tmp_path, plaintext: bytes, sector_size: int, pbkdf: str, detached: bool):
+    """A LUKS2 image cryptsetup made from ``plaintext``: (image, header or None)."""
+    image = tmp_path / "image"
+    kdf = (["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"] if pbkdf == "pbkdf2" else
+           ["--pbkdf", "argon2id", "--pbkdf-force-iterations", "4", "--pbkdf-memory", "32768"])
+    args = ["reencrypt", "--encrypt", "--type", "luks2", "--sector-size", str(sector_size), *kdf]
+    if detached:
+        image.write_bytes(plaintext)
+        header = tmp_path / "header"
+        cryptsetup(*args, "--header", str(header), str(image))
+        return image, header
+    with open(image, "wb") as f:
+        f.write(plaintext)
+        f.truncate(len(plaintext) + (32 << 20))     # room the header takes from the end
+    cryptsetup(*args, "--reduce-device-size", "32M", str(image))
+    return image, None

@@ -23,6 +23,7 @@ from helpers import (
     qemu_luks_decrypt,
     qemu_luks_encrypt,
     read_then_patch,
+    reencrypt_luks2,
 )
 
 SIZE = 2 << 20
@@ -80,24 +81,6 @@ async def test_cryptsetup_luks1_key_and_data(tmp_path, cipher, bits):
     assert await daemon.queue.write(0, data) == size
     daemon.close()
     assert qemu_luks_decrypt(image, tmp_path / "out.raw") == data
-
-
-def reencrypt_luks2(tmp_path, plaintext: bytes, sector_size: int, pbkdf: str, detached: bool):
-    """A LUKS2 image cryptsetup made from ``plaintext``: (image, header or None)."""
-    image = tmp_path / "image"
-    kdf = (["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"] if pbkdf == "pbkdf2" else
-           ["--pbkdf", "argon2id", "--pbkdf-force-iterations", "4", "--pbkdf-memory", "32768"])
-    args = ["reencrypt", "--encrypt", "--type", "luks2", "--sector-size", str(sector_size), *kdf]
-    if detached:
-        image.write_bytes(plaintext)
-        header = tmp_path / "header"
-        cryptsetup(*args, "--header", str(header), str(image))
-        return image, header
-    with open(image, "wb") as f:
-        f.write(plaintext)
-        f.truncate(len(plaintext) + (32 << 20))     # room the header takes from the end
-    cryptsetup(*args, "--reduce-device-size", "32M", str(image))
-    return image, None
 
 
 @needs("cryptsetup")
