@@ -35,6 +35,7 @@ test: deps
 
 bench: deps
 	$(PY) -m cryptfs bench peers
+	$(PY) -m cryptfs bench core
 
 stress: deps
 	$(PY) -m cryptfs stress

@@ -127,11 +127,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", parents=[common], help="fio benchmarks, side by side",
                        description="Run fio against mounted devices and report medians, "
                                    "ratios and the daemon's CPU per GiB.")
-    p.add_argument("study", nargs="?", default="peers", choices=("peers", "multidu", "engine"),
+    p.add_argument("study", nargs="?", default="peers",
+                   choices=("peers", "multidu", "engine", "core"),
                    help="peers (default): cryptfs vs qemu-storage-daemon vs a no-crypto "
-                        "passthrough on one LUKS1 image; multidu: per-sector vs auto-split vs "
-                        "native multi data unit; engine: the simulated engine, native multi-DU "
-                        "on and off, and where offload beats the CPU")
+                        "passthrough on one LUKS1 image; multidu: per-sector vs multi-DU on "
+                        "the same backend; engine: the simulated engine, native multi-DU "
+                        "on and off, and where offload beats the CPU; core: the native core "
+                        "against openssl speed")
     p.add_argument("--runtime", type=float, default=None, metavar="S",
                    help="seconds per fio run (default 3 for peers, 5 otherwise)")
     p.add_argument("--reps", type=int, default=3, help="repetitions (medians are reported)")
@@ -363,8 +365,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import platform
 
-    from .bench import engine, multidu, peers
+    from .bench import core, engine, multidu, peers
     from .progress import run_bar
+    if args.study == "core":
+        _require("openssl", installer="make bench")
+        with run_bar(args.reps * len(core.UNIT_SIZES) * 3, "bench") as bar:
+            print(core.study(args.runtime or 2, args.reps, progress=bar.update))
+        return 0
     _require(*("fio", "qemu-img", "qemu-storage-daemon")[:1 if args.study != "peers" else 3],
              installer="make bench")
     if args.study == "peers":
