@@ -69,7 +69,7 @@ def two_segments(meta):
     ("truncated", 1, "the file is too small: its LUKS2 headers and key slots area need"),
     ("zeros", 1, "is not a LUKS image (for plain dm-crypt use --type plain)"),
     ("integrity", 1, "LUKS2 integrity (AEAD) segments are not supported"),
-    ("reencrypt", 1, "LUKS2 requirement offline-reencrypt is not supported"),
+    ("reencrypt", 1, "LUKS2 requirement 'offline-reencrypt' is not supported"),
     ("cipher", 1, "cipher 'twofish'"),
     ("segments", 1, "LUKS2 with 2 segments is not supported"),
     ("plain-option", 1, "--cipher applies to plain mode; a LUKS header sets it"),
