@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 APT    := fuse3 libfuse3-dev pkg-config fio qemu-utils qemu-system-common cryptsetup-bin \
-          util-linux e2fsprogs gcc libssl-dev
+          libjson-c5 util-linux e2fsprogs gcc libssl-dev
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: deps system demo test bench stress clean

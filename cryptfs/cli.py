@@ -10,6 +10,7 @@ import errno
 import json
 import logging
 import os
+import signal
 import sys
 
 from . import __version__
@@ -308,23 +309,21 @@ def cmd_dump(args: argparse.Namespace) -> int:
     from .formats import luks
     from .volume import KeySource
 
+    sys.stdout.reconfigure(errors="surrogateescape")      # header strings as their bytes
     with luks.HeaderFile(args.header or args.image) as hdr:
         module, header = luks.read_header(hdr)
-        print(module.dump(header))
-        if args.dump_volume_key:
-            print("WARNING: the volume key gives access to all data on the volume; "
-                  "keep it secret.", file=sys.stderr)
-            keys = KeySource(args.key_file)
-            try:
-                key, slot = luks.unlock(module, header, hdr, keys, args.key_slot)
-            finally:
-                keys.wipe()
-            with key:
-                print(f"Key slot {slot} unlocked.\nVolume key ({len(key) * 8} bits):")
-                hexed = key.buffer.hex()
-                for i in range(0, len(hexed), 32):
-                    print("\t" + " ".join(hexed[j:j + 2] for j in range(i, i + 32, 2)))
-                del hexed
+        if not args.dump_volume_key:
+            sys.stdout.write(module.dump(header, hdr.path))
+            return 0
+        print("WARNING: the volume key gives access to all data on the volume; "
+              "keep it secret.", file=sys.stderr)
+        keys = KeySource(args.key_file)
+        try:
+            key, _ = luks.unlock(module, header, hdr, keys, args.key_slot)
+        finally:
+            keys.wipe()
+        with key:
+            sys.stdout.write(luks.volume_key_dump(module, header, hdr.path, key))
     return 0
 
 
@@ -506,7 +505,12 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s cryptfs[%(process)d] %(levelname)s %(name)s: "
                                "%(message)s")
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:             # the reader left (cryptfs dump | head): no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except CryptfsError as e:
         if args.debug:
             log.exception("failed")

@@ -153,22 +153,3 @@ async def test_cryptfs_format_detached_header_decrypts_with_cryptsetup(tmp_path)
     cryptsetup("reencrypt", "--decrypt", "--header", str(header), "--force-offline-reencrypt",
                str(image))
     assert image.read_bytes() == data
-
-
-@needs("cryptsetup")
-def test_dump_matches_cryptsetup_and_prints_the_volume_key(tmp_path):
-    image = tmp_path / "image"
-    image.write_bytes(bytes(20 << 20))
-    cryptsetup("luksFormat", "--type", "luks2", "--pbkdf", "pbkdf2",
-               "--pbkdf-force-iterations", "1000", str(image))
-    ours = cryptfs("dump", image).stdout
-    theirs = cryptsetup("luksDump", str(image), passphrase=None)
-    for line in ("UUID:", "cipher: aes-xts-plain64", "offset: 16777216 [bytes]", "AF stripes: 4000",
-                 "Area offset:32768 [bytes]"):
-        mine = next(row for row in ours.splitlines() if line.split(":")[0] in row)
-        assert mine.strip() in theirs, mine
-    result = cryptfs("dump", image, "--dump-volume-key", "--key-file", "-",
-                     input=PASSPHRASE.encode())
-    assert "WARNING" in result.stderr
-    hexed = "".join(result.stdout.split("Volume key (512 bits):")[1].split())
-    assert bytes.fromhex(hexed) == luks_volume_key(image)[0]

@@ -161,7 +161,7 @@ def test_secrets_stay_out_of_argv_logs_stats_and_errors(luks, tmp_path):
         with open(mnt / "device", "r+b", buffering=0) as f:
             f.write(os.urandom(300000))
         key_hex = cryptfs("dump", image, "--dump-volume-key", "--key-file", secret,
-                          check=True).stdout.split("bits):")[1].split()
+                          check=True).stdout.split("MK dump:")[1].split()
         key = bytes.fromhex("".join(key_hex))
         stats = (mnt / "stats").read_bytes()
         argv = open(f"/proc/{pid}/cmdline", "rb").read()
