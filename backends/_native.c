@@ -14,7 +14,7 @@
  *     chain: "xts" or "cbc"; key: the volume key (XTS: both halves); ivmode: plain, plain64,
  *     plain64be, essiv, benbi or null; essiv_hash: ESSIV's digest name.  Keys every context
  *     once and keeps no copy of the key bytes.  ValueError for a key or mode OpenSSL refuses.
- * Core.crypt(encrypt, src, dst, iv, data_unit_size, iv_step=1, threads=1)
+ * Core.crypt(encrypt, src, dst, iv, data_unit_size, iv_step=1, threads=1)   (positional)
  *     src and dst: equal lengths, a multiple of data_unit_size (a power of two, 16..65536);
  *     dst may be src itself (in place), never a partial overlap.  iv: 16 bytes, the first
  *     unit's IV as the backend contract defines it (backends/base.py): for plain64 and
@@ -34,6 +34,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
 #include <unistd.h>
@@ -460,17 +461,33 @@ static int Core_init(Core *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
-static PyObject *Core_crypt(Core *self, PyObject *args, PyObject *kwds)
+/* Positional arguments parsed by hand (METH_FASTCALL): this is called once per bio, and
+ * PyArg_ParseTupleAndKeywords costs as much as converting a 512-byte unit. */
+static PyObject *Core_crypt(Core *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    static char *kwlist[] = {"encrypt", "src", "dst", "iv", "data_unit_size", "iv_step",
-                             "threads", NULL};
-    int encrypt, threads = 1;
-    Py_buffer src, dst, iv;
-    Py_ssize_t du;
-    unsigned long long step = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "py*w*y*n|Ki", kwlist, &encrypt, &src, &dst,
-                                     &iv, &du, &step, &threads))
+    if (nargs < 5 || nargs > 7) {
+        PyErr_SetString(PyExc_TypeError, "crypt(encrypt, src, dst, iv, data_unit_size, "
+                                         "iv_step=1, threads=1)");
         return NULL;
+    }
+    int encrypt = PyObject_IsTrue(args[0]);
+    Py_ssize_t du = PyLong_AsSsize_t(args[4]);
+    unsigned long long step = nargs > 5 ? PyLong_AsUnsignedLongLong(args[5]) : 1;
+    long threads = nargs > 6 ? PyLong_AsLong(args[6]) : 1;
+    if (encrypt < 0 || PyErr_Occurred())
+        return NULL;
+    Py_buffer src, dst, iv;
+    if (PyObject_GetBuffer(args[1], &src, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[2], &dst, PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&src);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[3], &iv, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&src);
+        PyBuffer_Release(&dst);
+        return NULL;
+    }
     const char *error = NULL;
     const unsigned char *s = src.buf;
     unsigned char *d = dst.buf;
@@ -482,7 +499,7 @@ static PyObject *Core_crypt(Core *self, PyObject *args, PyObject *kwds)
         error = "src and dst must have equal lengths, a multiple of data_unit_size";
     else if (s != d && s < d + dst.len && d < s + src.len)
         error = "src and dst overlap without being the same buffer";
-    else if (threads < 1)
+    else if (threads < 1 || threads > INT_MAX)
         error = "threads must be at least 1";
     piece whole = {0};
     if (!error) {
@@ -511,7 +528,7 @@ static PyObject *Core_crypt(Core *self, PyObject *args, PyObject *kwds)
     int ok;
     Py_BEGIN_ALLOW_THREADS
     size_t most = (size_t)src.len / MIN_PIECE_BYTES;
-    int pieces = threads > MAX_THREADS ? MAX_THREADS : threads;
+    int pieces = threads > MAX_THREADS ? MAX_THREADS : (int)threads;
     if ((size_t)pieces > most)
         pieces = most ? (int)most : 1;
     if ((size_t)pieces > whole.units)
@@ -572,7 +589,7 @@ static void Core_dealloc(Core *self)
 }
 
 static PyMethodDef Core_methods[] = {
-    {"crypt", (PyCFunction)(void (*)(void))Core_crypt, METH_VARARGS | METH_KEYWORDS,
+    {"crypt", (PyCFunction)(void (*)(void))Core_crypt, METH_FASTCALL,
      "crypt(encrypt, src, dst, iv, data_unit_size, iv_step=1, threads=1): convert every data "
      "unit of src into dst (see the module documentation)."},
     {"close", (PyCFunction)Core_close, METH_NOARGS,
