@@ -1,8 +1,9 @@
 """Crypto backends behind one contract (:mod:`backends.base`), created by name.
 
-``create(name, spec, key, options)`` builds a backend for an open device; an unknown name raises
-BackendError listing the known ones.  Each backend class declares ``OPTIONS``: its config keys
-under ``[backend.<name>]`` and their types, which the config loader checks.
+``create(name, spec, key, options, threads)`` builds a backend for an open device; an unknown
+name raises BackendError listing the known ones.  Each backend class declares ``OPTIONS``: its
+config keys under ``[backend.<name>]`` and their types, which the config loader checks.
+``threads`` is how many threads one request's crypto may use (only ``multidu`` splits work).
 """
 
 import importlib
@@ -28,10 +29,11 @@ def backend_class(name: str):
     return getattr(importlib.import_module(module), cls)
 
 
-def create(name: str, spec, key: bytes | bytearray, options: dict | None = None) -> Backend:
+def create(name: str, spec, key: bytes | bytearray, options: dict | None = None,
+           threads: int = 1) -> Backend:
     """Build backend ``name`` for ``spec`` keyed with ``key``; BackendError if it cannot."""
     cls = backend_class(name)
     try:
-        return cls(spec, key, options or {})
+        return cls(spec, key, options or {}, threads=threads)
     except CryptoFailure as e:
         raise BackendError(f"backend '{name}': {e}") from None

@@ -20,7 +20,8 @@ that have no native multi data unit support (the crypto core's auto-splitter).
 
 import enum
 import errno
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
 #: What a callback receives when its request leaves the backlog (the kernel's -EINPROGRESS).
@@ -107,20 +108,29 @@ def split_units(req: CryptoRequest,
         yield iv, req.src[i * du:(i + 1) * du], req.dst[i * du:(i + 1) * du]
 
 
-@dataclass
 class BackendStats:
-    """Counters every backend keeps; ``as_dict`` is what stats and status show."""
-    requests: int = 0
-    data_units: int = 0
-    bytes: int = 0
-    errors: int = 0
-    extra: dict = field(default_factory=dict)
+    """Counters every backend keeps, safe to bump from any thread; ``as_dict`` is what stats
+    and status show."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.requests = self.data_units = self.bytes = self.errors = 0
+        self.extra: dict[str, int] = {}
 
     def count(self, req: CryptoRequest) -> None:
-        self.requests += 1
-        self.data_units += req.n_units
-        self.bytes += len(req.src)
+        with self._lock:
+            self.requests += 1
+            self.data_units += len(req.src) // req.data_unit_size
+            self.bytes += len(req.src)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            if name == "errors":
+                self.errors += n
+            else:
+                self.extra[name] = self.extra.get(name, 0) + n
 
     def as_dict(self) -> dict:
-        return {"requests": self.requests, "data_units": self.data_units,
-                "bytes": self.bytes, "errors": self.errors, **self.extra}
+        with self._lock:
+            return {"requests": self.requests, "data_units": self.data_units,
+                    "bytes": self.bytes, "errors": self.errors, **self.extra}

@@ -9,6 +9,9 @@ What is simulated is the engine's *timing*; the bytes are computed by a real cip
 * ``channels`` jobs run at once, in ring order.  A job takes ``setup_us`` + ``per_unit_us`` per
   data unit + its bytes at ``throughput_mbps``; without ``native_multi_du`` a request is one job
   per data unit, each paying the setup (the point of the comparison).
+* ``submit`` may be called from any thread (as dm-crypt submits from its workers); the ring
+  and backlog are guarded by a lock and jobs reach the engine's task, in submission order,
+  through trio's thread-safe ``run_sync_soon``.
 * Completions come by callback from the engine's own task, never from the submitter's.
 * Faults, each from its own seeded stream: ``error_rate`` (completion with -EIO),
   ``lost_rate`` (no completion ever: the convert loop's timeout must notice), ``busy_storm``
@@ -24,6 +27,7 @@ studies subtract it from the daemon's CPU time.
 
 import errno
 import random
+import threading
 import time
 from collections import deque
 
@@ -68,11 +72,14 @@ class EngineBackend:
         "seed": (int, 0, None, "seed of the fault streams"),
     }
 
-    def __init__(self, spec: CipherSpec, key: bytes | bytearray, options: dict | None = None):
+    def __init__(self, spec: CipherSpec, key: bytes | bytearray, options: dict | None = None,
+                 threads: int = 1):
+        """``threads`` is ignored: the engine computes its bytes on its own task, one job at a
+        time per channel, so the host CPU it stands for can be measured."""
         o = {name: default for name, (_, default, _, _) in self.OPTIONS.items()}
         o.update(options or {})
         self.options = o
-        self._cipher = MultiDuBackend(spec, key, {})
+        self._cipher = MultiDuBackend(spec, key, {})    # the native core, one thread
         self.caps = Caps(native_multi_du=o["native_multi_du"], asynchronous=True,
                          derived_iv_modes=self._cipher.caps.derived_iv_modes,
                          max_queue=o["queue_depth"])
@@ -80,10 +87,12 @@ class EngineBackend:
         self._faults = {name: random.Random(rng.random())
                         for name in ("error", "lost", "nomem")}
         self._send, self._jobs = trio.open_memory_channel(float("inf"))
+        self._lock = threading.Lock()       # the ring, the backlog and the counters
         self._in_ring = 0
         self._backlog: deque[tuple[CryptoRequest, float]] = deque()
         self._submitted = 0
         self._nursery: trio.Nursery | None = None       # the engine's, once run() started
+        self._token: trio.lowlevel.TrioToken | None = None
         self._stats = BackendStats()
         self._latency = LatencyWindow()
         self._extra = {"busy": 0, "backlog_high_water": 0, "completed": 0, "errors_injected": 0,
@@ -94,22 +103,27 @@ class EngineBackend:
 
     def submit(self, req: CryptoRequest) -> Status:
         self._stats.count(req)
-        self._submitted += 1
-        every = self.options["busy_storm_every"]
-        storm = every and (self._submitted % every) < self.options["busy_storm_length"]
         job = (req, time.monotonic())
-        if self._in_ring < self.options["queue_depth"] and not storm and not self._backlog:
-            self._in_ring += 1
-            self._send.send_nowait(job)
-            return Status.IN_PROGRESS
-        self._backlog.append(job)
-        self._extra["busy"] += 1
-        self._extra["backlog_high_water"] = max(self._extra["backlog_high_water"],
-                                                len(self._backlog))
-        if self._in_ring < self.options["queue_depth"]:
-            # a storm with free slots: no completion will free one, so the engine looks again
-            self._nursery.start_soon(self._promote_after_setup)
-        return Status.BUSY
+        with self._lock:
+            self._submitted += 1
+            every = self.options["busy_storm_every"]
+            storm = every and (self._submitted % every) < self.options["busy_storm_length"]
+            if self._in_ring < self.options["queue_depth"] and not storm and not self._backlog:
+                self._enter_ring(job)
+                return Status.IN_PROGRESS
+            self._backlog.append(job)
+            self._extra["busy"] += 1
+            self._extra["backlog_high_water"] = max(self._extra["backlog_high_water"],
+                                                    len(self._backlog))
+            if self._in_ring < self.options["queue_depth"]:
+                # a storm with free slots: no completion will free one, so the engine looks again
+                self._token.run_sync_soon(self._nursery.start_soon, self._promote_after_setup)
+            return Status.BUSY
+
+    def _enter_ring(self, job: tuple[CryptoRequest, float]) -> None:
+        """Take a ring slot and hand the job to the engine's task (lock held: in order)."""
+        self._in_ring += 1
+        self._token.run_sync_soon(self._send.send_nowait, job)
 
     # --- the engine's side ---------------------------------------------------------------
 
@@ -117,6 +131,7 @@ class EngineBackend:
         """The engine: ``channels`` tasks taking jobs from the ring.  Runs until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self._token = trio.lowlevel.current_trio_token()
             for _ in range(self.options["channels"]):
                 nursery.start_soon(self._channel)
             task_status.started()
@@ -136,7 +151,8 @@ class EngineBackend:
                 self._extra["overruns"] += 1    # computing took longer than the engine would
             await self._wait_until(done_at)
             self._extra["engine_busy_s"] += seconds
-            self._in_ring -= 1
+            with self._lock:
+                self._in_ring -= 1
             self._promote()
             if self._faults["lost"].random() < self.options["lost_rate"]:
                 self._extra["lost"] += 1
@@ -169,7 +185,7 @@ class EngineBackend:
             return -errno.ENOMEM
         if self._faults["error"].random() < self.options["error_rate"]:
             self._extra["errors_injected"] += 1
-            self._stats.errors += 1
+            self._stats.add("errors")
             return -errno.EIO
         start = time.thread_time()
         self._cipher.submit(req)
@@ -183,19 +199,24 @@ class EngineBackend:
         self._promote()
 
     def _promote(self) -> None:
-        """A slot came free: the oldest backlogged request enters the ring (and is told)."""
-        while self._backlog and self._in_ring < self.options["queue_depth"]:
-            job = self._backlog.popleft()
-            self._in_ring += 1
-            self._send.send_nowait(job)
-            job[0].callback(job[0], RESTART)
+        """A slot came free: the oldest backlogged requests enter the ring (and are told)."""
+        entered = []
+        with self._lock:
+            while self._backlog and self._in_ring < self.options["queue_depth"]:
+                job = self._backlog.popleft()
+                self._enter_ring(job)
+                entered.append(job[0])
+        for req in entered:
+            req.callback(req, RESTART)
 
     # --- reporting -----------------------------------------------------------------------
 
     def statistics(self) -> dict:
         stats = self._stats.as_dict()
-        stats.update(self._extra, in_flight=self._in_ring + len(self._backlog),
-                     backlog=len(self._backlog), **self._latency.percentiles())
+        with self._lock:
+            stats.update(self._extra, in_flight=self._in_ring + len(self._backlog),
+                         backlog=len(self._backlog))
+        stats.update(self._latency.percentiles())
         stats["engine_busy_s"] = round(stats["engine_busy_s"], 6)
         for name in ("engine_compute_cpu_s", "engine_wait_cpu_s"):
             stats[name] = round(stats[name], 6)

@@ -16,7 +16,9 @@ class SoftwareBackend:
     caps = Caps()
     OPTIONS: dict = {}
 
-    def __init__(self, spec: CipherSpec, key: bytes | bytearray, options: dict | None = None):
+    def __init__(self, spec: CipherSpec, key: bytes | bytearray, options: dict | None = None,
+                 threads: int = 1):
+        """``threads`` is ignored: one cipher call per data unit, on the caller's thread."""
         self._cipher = UnitCipher(spec.mode, key)
         self._byteorder = IV_MODES[spec.ivmode].counter
         self._stats = BackendStats()

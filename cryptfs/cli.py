@@ -9,10 +9,11 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 
 from . import __version__, cli_luks, listing, options, prompts
-from .config import Config, apply_flags, apply_setting, check_backend, flags_config, load
+from .config import Config, apply_flags, apply_setting, flags_config, load
 from .config import add_flags as add_config_flags
 from .errors import BusyError, CryptfsError, MountError
 from .formats.params import FormatOptions
@@ -97,11 +98,13 @@ def _parser() -> Parser:
     p = sub.add_parser("bench", parents=[common], help="fio benchmarks, side by side",
                        description="Run fio against mounted devices and report medians, "
                                    "ratios and the daemon's CPU per GiB.")
-    p.add_argument("study", nargs="?", default="peers", choices=("peers", "multidu", "engine"),
+    p.add_argument("study", nargs="?", default="peers",
+                   choices=("peers", "multidu", "engine", "core"),
                    help="peers (default): cryptfs vs qemu-storage-daemon vs a no-crypto "
-                        "passthrough on one LUKS1 image; multidu: per-sector vs auto-split vs "
-                        "native multi data unit; engine: the simulated engine, native multi-DU "
-                        "on and off, and where offload beats the CPU")
+                        "passthrough on one LUKS1 image; multidu: per-sector vs multi-DU on "
+                        "the same backend; engine: the simulated engine, native multi-DU "
+                        "on and off, and where offload beats the CPU; core: the native core "
+                        "against openssl speed")
     p.add_argument("--runtime", type=float, default=None, metavar="S",
                    help="seconds per fio run (default 3 for peers, 5 otherwise)")
     p.add_argument("--reps", type=int, default=3, help="repetitions (medians are reported)")
@@ -177,7 +180,7 @@ def _check_mountpoint(path: str) -> str:
 def cmd_open(args: argparse.Namespace) -> int:
     # Imported here so `close` and `status` do not pay for FUSE, trio and the ciphers.
     from .daemon import Daemon
-    from .formats import open_volume
+    from .stack import assemble
     from .volume import KeySource, with_tries
 
     config = _config(args)
@@ -185,19 +188,12 @@ def cmd_open(args: argparse.Namespace) -> int:
         return _test_passphrase(args, config)
     if not args.mountpoint:
         raise CryptfsError("open needs a MOUNTPOINT (or --test-passphrase)")
-    check_backend(config)
     mountpoint = _check_mountpoint(args.mountpoint)
-    image = _open_image(args.image, config.device.read_only)
     keys = KeySource(config.crypto.key_file)
     try:
-        volume = with_tries(keys, args.tries, lambda: open_volume(image, config, keys))
-        try:
-            daemon = Daemon(volume, image, config)
-        except BaseException:
-            volume.close()
-            raise
-    except BaseException:
-        image.close()
+        daemon = Daemon(with_tries(keys, args.tries, lambda: assemble(args.image, config, keys)))
+    except BusyError:
+        _refuse_if_open(args.image)
         raise
     finally:
         keys.wipe()
@@ -226,16 +222,11 @@ def _test_passphrase(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _open_image(path: str, read_only: bool):
-    """The image, opened and locked; a lock held by an open cryptfs device is named."""
-    from .image import Image
-    try:
-        return Image(path, read_only=read_only)
-    except BusyError:
-        where = listing.holder(path)
-        if where:
-            raise BusyError(f"image {path} is in use: open in cryptfs at {where}") from None
-        raise
+def _refuse_if_open(path: str) -> None:
+    """BusyError naming the mountpoint and pid, if an open cryptfs device holds ``path``."""
+    where = listing.holder(path)
+    if where:
+        raise BusyError(f"image {path} is in use: open in cryptfs at {where}") from None
 
 
 def default_log_file() -> str:
@@ -321,25 +312,23 @@ def cmd_dump(args: argparse.Namespace) -> int:
     from .volume import KeySource, with_tries
 
     flags = flags_config(args)
+    sys.stdout.reconfigure(errors="surrogateescape")      # header strings as their bytes
     with luks.HeaderFile(flags.device.header or args.image) as hdr:
         module, header = luks.read_header(hdr)
-        print(module.dump(header))
-        if args.dump_volume_key:
-            print("WARNING: the volume key gives access to all data on the volume; "
-                  "keep it secret.", file=sys.stderr)
-            keys = KeySource(flags.crypto.key_file)
-            slot = None if flags.device.key_slot < 0 else flags.device.key_slot
-            try:
-                key, slot = with_tries(keys, args.tries, lambda: luks.unlock(
-                    module, header, hdr, keys, slot))
-            finally:
-                keys.wipe()
-            with key:
-                print(f"Key slot {slot} unlocked.\nVolume key ({len(key) * 8} bits):")
-                hexed = key.buffer.hex()
-                for i in range(0, len(hexed), 32):
-                    print("\t" + " ".join(hexed[j:j + 2] for j in range(i, i + 32, 2)))
-                del hexed
+        if not args.dump_volume_key:
+            sys.stdout.write(module.dump(header, hdr.path))
+            return 0
+        print("WARNING: the volume key gives access to all data on the volume; "
+              "keep it secret.", file=sys.stderr)
+        keys = KeySource(flags.crypto.key_file)
+        slot = None if flags.device.key_slot < 0 else flags.device.key_slot
+        try:
+            key, _ = with_tries(keys, args.tries, lambda: luks.unlock(
+                module, header, hdr, keys, slot))
+        finally:
+            keys.wipe()
+        with key:
+            sys.stdout.write(luks.volume_key_dump(module, header, hdr.path, key))
     return 0
 
 
@@ -380,8 +369,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import platform
 
-    from .bench import engine, multidu, peers
+    from .bench import core, engine, multidu, peers
     from .progress import run_bar
+    if args.study == "core":
+        _require("openssl", installer="make bench")
+        with run_bar(args.reps * len(core.UNIT_SIZES) * 3, "bench") as bar:
+            print(core.study(args.runtime or 2, args.reps, progress=bar.update))
+        return 0
     _require(*("fio", "qemu-img", "qemu-storage-daemon")[:1 if args.study != "peers" else 3],
              installer="make bench")
     if args.study == "peers":
@@ -404,8 +398,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     total = len(sizes) * len(multidu.JOBS) * len(multidu.targets(512)) * args.reps
     with run_bar(total, "bench") as bar:
         rows = multidu.study(args.runtime, args.reps, sector_sizes=sizes, progress=bar.update)
-    print(f"fio psync direct=1, {args.runtime:g} s × {args.reps} runs interleaved, medians\n")
-    print(multidu.markdown(rows))
+    print(multidu.save(rows, f"`cryptfs bench multidu` — fio psync direct=1, "
+                             f"{args.runtime:g} s × {args.reps} runs interleaved, medians\n\n"))
     return 0
 
 
@@ -527,7 +521,12 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s cryptfs[%(process)d] %(levelname)s %(name)s: "
                                "%(message)s")
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:             # the reader left (cryptfs dump | head): no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except CryptfsError as e:
         if args.debug:
             log.exception("failed")

@@ -117,11 +117,14 @@ def _refuse_if_open(path: str) -> None:
                         "('cryptfs close')")
 
 
-def _load(args):
-    """The header, and a refusal before any passphrase if cryptfs has the image open."""
+def _load(args, key_slots: bool = True):
+    """The header, and a refusal before any passphrase if cryptfs has the image open — or, to
+    change ``key_slots``, if it is one cryptfs cannot open (reencryption, integrity...)."""
     from .formats import keyslots
     path = _path(args)
     loaded = keyslots.load(path, args.type)
+    if key_slots:
+        loaded.module.check_supported(loaded.header)
     _refuse_if_open(path)
     return loaded
 
@@ -130,7 +133,7 @@ def _unlock(args, loaded, prompt: str, slot: int | None = None,
             key_file: str | None = None) -> tuple[Secret, int]:
     from .formats import keyslots
     keys = KeySource(key_file or flags_config(args).crypto.key_file, prompt,
-                     args.keyfile_offset, args.keyfile_size)
+                     offset=args.keyfile_offset, size=args.keyfile_size)
 
     def attempt():
         with keys.read() as passphrase:
@@ -272,7 +275,7 @@ def cmd_uuid(args) -> int:
     if args.uuid is None:
         print(keyslots.load(_path(args), args.type).header.uuid)
         return 0
-    loaded = _load(args)
+    loaded = _load(args, key_slots=False)
     if args.uuid != loaded.header.uuid:
         if sys.stdin.isatty() and not args.batch_mode:
             confirm("Do you really want to change UUID of device?")
@@ -298,12 +301,12 @@ def cmd_config(args) -> int:
     if args.label is None and args.subsystem is None and args.priority is None:
         raise CryptfsError("Option --priority, --label or --subsystem is missing.")
     args.type = "luks2"
-    loaded = _load(args)
+    loaded = _load(args, key_slots=False)
     if args.priority is not None:
         if args.key_slot is None:
             raise CryptfsError("--priority needs --key-slot")
         headers.set_priority(loaded, args.key_slot, args.priority, listing.holder)
-        loaded = _load(args)
+        loaded = _load(args, key_slots=False)
     if args.label is not None or args.subsystem is not None:
         headers.set_labels(loaded, args.label, args.subsystem, listing.holder)
     _say(args, "Command successful.")

@@ -197,13 +197,6 @@ def backend_options(config: Config, declared: dict[str, OptionSpec]) -> dict:
     return result
 
 
-def check_backend(config: Config) -> None:
-    """Refuse an unknown backend or a bad ``[backend.<name>]`` option now, before any key
-    material is asked for."""
-    import backends
-    backend_options(config, backends.backend_class(config.backend.name).OPTIONS)
-
-
 #: (section, key) → flag of what a LUKS header decides; setting them for LUKS is refused
 PLAIN_ONLY = {(section, f.name): flag(f) for section, cls in SECTIONS.items()
               for f in fields(cls) if f.metadata.get("plain_only")}

@@ -18,11 +18,18 @@ When every request has completed:
 
 If the fallback fails too the bio fails with EIO: never wrong data, never a write acknowledged
 that was not encrypted.  ``src`` is never modified, so a retry starts from the original bytes.
+
+There is one loop for every backend.  It runs in the thread that owns the bio: the FUSE
+request's own (inline) or a worker's (offload).  A synchronous backend must answer DONE (anything
+else fails the bio: a broken contract).  For an asynchronous backend the loop blocks its thread
+until the completions arrive from the backend's own task, which runs on the trio thread — so
+such bios never run on the trio thread (the queue offloads them; the loop refuses otherwise).
 """
 
 import errno
 import logging
 import random
+import threading
 
 import trio
 
@@ -35,7 +42,6 @@ from .spec import CipherSpec
 from .stats import Stats
 
 log = logging.getLogger(__name__)
-_PLAIN_WRAP = 1 << 32
 
 
 def choose_path(mode: str, spec: CipherSpec, geometry: Geometry, backend: Backend) \
@@ -48,9 +54,9 @@ def choose_path(mode: str, spec: CipherSpec, geometry: Geometry, backend: Backen
     device falls back to per-sector."""
     if mode == "per_sector":
         return False, "per_sector requested"
-    counter = IV_MODES[spec.ivmode].counter
-    caps = backend.caps
-    if counter is None and spec.ivmode not in caps.derived_iv_modes:
+    ivmode, caps = IV_MODES[spec.ivmode], backend.caps
+    derived = spec.ivmode in caps.derived_iv_modes
+    if ivmode.counter is None and not derived:
         return False, (f"per_sector: IV mode {spec.ivmode} is no counter and backend "
                        f"{backend.name} cannot derive it")
     du = geometry.sector_size
@@ -59,41 +65,84 @@ def choose_path(mode: str, spec: CipherSpec, geometry: Geometry, backend: Backen
         log.warning("backend %s advertises multi data unit requests but not of %d bytes "
                     "(only %s): using per-sector requests", backend.name, du, sizes)
         return False, f"per_sector: backend {backend.name} rejects data unit size {du} ({sizes})"
-    how = "derived by the backend" if counter is None else f"a {counter}-endian counter"
+    if ivmode.counter is None:
+        how = "derived by the backend"
+    else:
+        how = f"a {ivmode.counter}-endian counter"
+        if ivmode.counter_bits < 128:
+            how += (f" wrapping at 2^{ivmode.counter_bits} (derived by the backend)" if derived
+                    else f", per-sector where {spec.ivmode} wraps at 2^{ivmode.counter_bits}")
     native = "native" if caps.native_multi_du else "auto-split"
-    return True, (f"multi_du ({native}): {spec.ivmode} IVs as {how}, step {geometry.iv_step}"
-                  f"{', per-sector where plain wraps at 2^32' if spec.ivmode == 'plain' else ''}")
+    return True, f"multi_du ({native}): {spec.ivmode} IVs as {how}, step {geometry.iv_step}"
+
+
+def _errno_of(failure: BaseException) -> int:
+    """The errno a synchronous failure stands for (an asynchronous one carries its own)."""
+    return errno.ENOMEM if isinstance(failure, MemoryError) else failure.errno
 
 
 class _Pending:
-    """The completion side of one bio (dm-crypt's convert_context): tracks outstanding
-    requests, records failures, and wakes the converter on RESTART and when all are done."""
+    """The completion side of one bio on an asynchronous backend (dm-crypt's
+    convert_context): the requests still out, the failures, and the wake-ups — on RESTART and
+    when the last completes.  Callbacks come from the backend's task; the converter waits in
+    its own thread."""
 
-    __slots__ = ("outstanding", "failed", "restarted", "restart", "finished", "submitting",
-                 "closed")
+    __slots__ = ("_cond", "outstanding", "failed", "restarted", "closed")
 
-    def __init__(self):
+    def __init__(self, failed: list):
+        self._cond = threading.Condition(threading.Lock())
         self.outstanding: set[CryptoRequest] = set()
-        self.failed: list[tuple[CryptoRequest, int]] = []
+        self.failed = failed
         self.restarted = False
-        self.restart: trio.Event | None = None
-        self.finished = trio.Event()
-        self.submitting = True      # the converter's own reference: no "finished" before the end
         self.closed = False
 
+    def track(self, req: CryptoRequest) -> None:
+        """Before submitting: a completion may come before submit returns."""
+        req.callback = self.callback
+        with self._cond:
+            self.outstanding.add(req)
+
+    def settle(self, req: CryptoRequest, err: int = 0) -> None:
+        """Submit's own answer: DONE (err 0) or a synchronous failure."""
+        with self._cond:
+            self.outstanding.discard(req)
+            if err:
+                self.failed.append((req, err))
+
     def callback(self, req: CryptoRequest, err: int) -> None:
-        if self.closed or req not in self.outstanding:
-            return      # a late or duplicate completion: already retried or counted
-        if err == RESTART:
-            self.restarted = True
-            if self.restart is not None:
-                self.restart.set()
-            return
-        self.outstanding.discard(req)
-        if err:
-            self.failed.append((req, -err))
-        if not self.outstanding and not self.submitting:
-            self.finished.set()
+        with self._cond:
+            if self.closed or req not in self.outstanding:
+                return      # a late or duplicate completion: already given up on and redone
+            if err == RESTART:
+                self.restarted = True
+            else:
+                self.outstanding.discard(req)
+                if err:
+                    self.failed.append((req, -err))
+            self._cond.notify_all()
+
+    def wait_restart(self, req: CryptoRequest, timeout: float) -> bool:
+        """After BUSY: wait until ``req`` leaves the backlog.  False if it did not in time —
+        it is then given up on (failed with ETIMEDOUT)."""
+        with self._cond:
+            left = self._cond.wait_for(lambda: self.restarted or req not in self.outstanding,
+                                       timeout)
+            self.restarted = False
+            if not left:
+                self.outstanding.discard(req)
+                self.failed.append((req, errno.ETIMEDOUT))
+            return left
+
+    def wait_all(self, timeout: float) -> int:
+        """Wait for every completion; give up on the rest after ``timeout`` (ETIMEDOUT): how
+        many that were.  Completions after this are ignored."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self.outstanding, timeout)
+            late = len(self.outstanding)
+            self.failed.extend((req, errno.ETIMEDOUT) for req in self.outstanding)
+            self.outstanding.clear()
+            self.closed = True
+            return late
 
 
 class Converter:
@@ -106,42 +155,47 @@ class Converter:
         self.backend = backend
         self.fallback = fallback
         self.geometry = geometry
+        self._du, self._iv_step, self._iv_base = \
+            geometry.sector_size, geometry.iv_step, geometry.iv_base
         self.stats = stats
         self.completion_timeout = completion_timeout
         self.asynchronous = backend.caps.asynchronous
         self.multi_du, self.reason = choose_path(mode, spec, geometry, backend)
-        final = IV_MODES[spec.ivmode].generator(key, spec.ivopts)
-        # A backend that derives this IV mode itself is handed plain64 counters, always.
-        derives = spec.ivmode in backend.caps.derived_iv_modes and \
-            IV_MODES[spec.ivmode].counter is None
-        self.backend_iv = IV_MODES["plain64"].generator(key, None) if derives else final
+        ivmode = IV_MODES[spec.ivmode]
+        final = ivmode.generator(key, spec.ivopts)
+        derived = spec.ivmode in backend.caps.derived_iv_modes
+        # A backend that derives a non-counter IV mode itself is handed plain64 counters.
+        self.backend_iv = IV_MODES["plain64"].generator(key, None) \
+            if derived and ivmode.counter is None else final
         self.fallback_iv = final
-        self.plain_wraps = spec.ivmode == "plain"
+        # A counter that wraps before 2^128 cannot be extended by the generic 128-bit counter
+        # past its wrap: such bios go per sector, unless the backend derives the wrap itself.
+        self._wrap = 0 if derived or ivmode.counter is None or ivmode.counter_bits == 128 \
+            else 1 << ivmode.counter_bits
         self.alloc_failure_rate = alloc_failure_rate
         self._random = random.Random(seed)
 
     def requests(self, op: Op, unit: int, src: memoryview, dst: memoryview, *,
                  per_sector: bool, fallback: bool = False) -> list[CryptoRequest]:
         """The requests for one bio: one per data unit, or one for the bio."""
-        du, g = self.geometry.sector_size, self.geometry
+        du, step, base = self._du, self._iv_step, self._iv_base     # Geometry.iv_sector
         iv = self.fallback_iv if fallback else self.backend_iv
         if not per_sector:
-            return [CryptoRequest(op, src, dst, iv(g.iv_sector(unit)), du, g.iv_step,
-                                  first_unit=unit)]
-        return [CryptoRequest(op, src[o:o + du], dst[o:o + du], iv(g.iv_sector(unit + i)), du,
-                              first_unit=unit + i)
+            return [CryptoRequest(op, src, dst, iv(unit * step + base), du, step, None, unit)]
+        return [CryptoRequest(op, src[o:o + du], dst[o:o + du], iv((unit + i) * step + base),
+                              du, 1, None, unit + i)
                 for i, o in enumerate(range(0, len(src), du))]
 
     def _multi_du_for(self, unit: int, count: int, retried: bool) -> bool:
         """Whether this bio goes as one request: multi_du on, not a retry, the multi-DU
-        buffers obtained (the injectable memory pressure), and — for ``plain`` — no 32-bit
-        wrap inside the bio, where a 128-bit counter would carry and dm-crypt's IV does not."""
+        buffers obtained (the injectable memory pressure), and no counter wrap inside the bio
+        that the backend would not derive (``plain``'s 32-bit wrap, where a 128-bit counter
+        would carry and dm-crypt's IV does not)."""
         if not self.multi_du or retried or count < 2:
             return False
-        if self.plain_wraps:
-            g = self.geometry
-            first = g.iv_sector(unit) % _PLAIN_WRAP
-            if first + (count - 1) * g.iv_step >= _PLAIN_WRAP:
+        if self._wrap:
+            first = (unit * self._iv_step + self._iv_base) % self._wrap
+            if first + (count - 1) * self._iv_step >= self._wrap:
                 self.stats.add("plain_wrap_per_sector")
                 return False
         if self.alloc_failure_rate and self._random.random() < self.alloc_failure_rate:
@@ -149,77 +203,48 @@ class Converter:
             return False
         return True
 
-    def convert_sync(self, op: Op, unit: int, src: memoryview, dst: memoryview,
-                     retried: bool = False) -> None:
-        """The loop for synchronous backends: every request must finish as DONE."""
-        multi = self._multi_du_for(unit, len(src) // self.geometry.sector_size, retried)
-        failed = []
-        for req in self.requests(op, unit, src, dst, per_sector=not multi):
-            try:
-                status = self.backend.submit(req)
-            except MemoryError:
-                failed.append((req, errno.ENOMEM))
-                continue
-            except CryptoFailure as e:
-                failed.append((req, e.errno))
-                continue
-            if status is not Status.DONE:
-                raise DeviceError(f"backend {self.backend.name} returned {status.name} but "
-                                  "declares itself synchronous", errno.EIO)
-        if self._memory_pressure(multi, failed):
-            self.convert_sync(op, unit, src, dst, retried=True)
-            return
-        self._recover(failed)
-
-    async def convert(self, op: Op, unit: int, src: memoryview, dst: memoryview,
-                      retried: bool = False) -> None:
+    def convert(self, op: Op, unit: int, src: memoryview, dst: memoryview,
+                retried: bool = False) -> None:
         """Convert one bio; DeviceError(EIO) if neither the backend nor the fallback can."""
-        if not self.asynchronous:
-            self.convert_sync(op, unit, src, dst, retried)
-            return
-        multi = self._multi_du_for(unit, len(src) // self.geometry.sector_size, retried)
-        pending = _Pending()
+        multi = self._multi_du_for(unit, len(src) // self._du, retried)
+        failed: list[tuple[CryptoRequest, int]] = []
+        pending = None
+        if self.asynchronous:
+            _not_on_the_trio_thread(self.backend.name)
+            pending = _Pending(failed)
+        submit = self.backend.submit
         for req in self.requests(op, unit, src, dst, per_sector=not multi):
-            req.callback = pending.callback
-            pending.outstanding.add(req)
+            if pending is not None:
+                pending.track(req)
             try:
-                status = self.backend.submit(req)
+                status = submit(req)
             except (MemoryError, CryptoFailure) as e:
-                pending.outstanding.discard(req)
-                pending.failed.append((req, getattr(e, "errno", errno.ENOMEM)))
+                if pending is None:
+                    failed.append((req, _errno_of(e)))
+                else:
+                    pending.settle(req, _errno_of(e))
                 continue
             if status is Status.DONE:
-                pending.outstanding.discard(req)
+                if pending is not None:
+                    pending.settle(req)
+            elif pending is None:
+                raise DeviceError(f"backend {self.backend.name} returned {status.name} but "
+                                  "declares itself synchronous", errno.EIO)
             elif status is Status.BUSY:
                 self.stats.add("busy")
-                if not pending.restarted:
-                    pending.restart = trio.Event()
-                    with trio.move_on_after(self.completion_timeout):
-                        await pending.restart.wait()
-                if not pending.restarted and req in pending.outstanding:
+                if not pending.wait_restart(req, self.completion_timeout):
                     self.stats.add("timeouts")      # never left the backlog: give up on it
-                    pending.outstanding.discard(req)
-                    pending.failed.append((req, errno.ETIMEDOUT))
-                pending.restarted, pending.restart = False, None
-        pending.submitting = False
-        if pending.outstanding:
-            with trio.move_on_after(self.completion_timeout):
-                await pending.finished.wait()
-        if pending.outstanding:
-            self.stats.add("timeouts", len(pending.outstanding))
-            pending.failed.extend((req, errno.ETIMEDOUT) for req in pending.outstanding)
-        pending.closed = True
-        if self._memory_pressure(multi, pending.failed):
-            await self.convert(op, unit, src, dst, retried=True)
+        if pending is not None:
+            late = pending.wait_all(self.completion_timeout)
+            if late:
+                self.stats.add("timeouts", late)
+        if not failed:
             return
-        self._recover(pending.failed)
-
-    def _memory_pressure(self, multi: bool, failed: list[tuple[CryptoRequest, int]]) -> bool:
-        """A multi-DU request that ran out of memory: redo the bio per sector (once)."""
         if multi and any(err == errno.ENOMEM for _, err in failed):
-            self.stats.add("multi_du_retried_bios")
-            return True
-        return False
+            self.stats.add("multi_du_retried_bios")     # memory pressure: per sector, once
+            self.convert(op, unit, src, dst, retried=True)
+            return
+        self._recover(failed)
 
     def _recover(self, failed: list[tuple[CryptoRequest, int]]) -> None:
         """Redo failed requests unit by unit on the software fallback, or fail with EIO."""
@@ -233,3 +258,14 @@ class Converter:
                 except (CryptoFailure, MemoryError) as e:
                     self.stats.add("failed_bios")
                     raise DeviceError(f"data unit {unit_req.first_unit}: {e}", errno.EIO) from None
+
+
+def _not_on_the_trio_thread(backend: str) -> None:
+    """Waiting for an asynchronous backend's completions on the thread that runs its task
+    would wait out every timeout: refuse (a bug in whoever placed the bio)."""
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return
+    raise RuntimeError(f"a bio for the asynchronous backend {backend} must not run on the "
+                       "trio thread")

@@ -41,7 +41,10 @@ class ImageError(CryptfsError):
 
 
 class FormatError(ImageError):
-    """The image's on-disk header is not a format cryptfs can open."""
+    """The image's on-disk header is refused: invalid by cryptsetup's rules, or a format cryptfs
+    cannot serve.  Exit 1, as cryptsetup exits for a header it refuses (-EINVAL)."""
+
+    exit_code = 1
 
 
 class MountError(CryptfsError):

@@ -18,8 +18,8 @@ from typing import Callable
 import pyfuse3
 from pyfuse3 import FUSEError
 
-from .device import Device
 from .errors import DeviceError
+from .queue import RequestQueue
 
 log = logging.getLogger(__name__)
 
@@ -33,30 +33,38 @@ _FALLOC_FL_PUNCH_HOLE = 0x02
 _ATTR_TIMEOUT = 3600.0
 
 
+def _fuse_error(handler: str, failure: Exception) -> FUSEError:
+    """The FUSEError a handler's failure becomes: a DeviceError's own errno, else EIO (and
+    the traceback in the log)."""
+    if isinstance(failure, FUSEError):
+        return failure
+    if isinstance(failure, DeviceError):
+        log.debug("%s: %s", handler, failure)
+        return FUSEError(failure.errno)
+    log.error("%s failed", handler, exc_info=failure)
+    return FUSEError(errno.EIO)
+
+
 def _translated(fn):
-    """Run a FUSE handler, turning every failure into a FUSEError."""
+    """Run a FUSE handler, turning every failure into a FUSEError.  (``read`` and ``write``,
+    the hot path, translate inline: one coroutine less per request.)"""
     @functools.wraps(fn)
     async def handler(*args):
         try:
             return await fn(*args)
-        except FUSEError:
-            raise
-        except DeviceError as e:
-            log.debug("%s: %s", fn.__name__, e)
-            raise FUSEError(e.errno) from None
-        except Exception:
-            log.exception("%s failed", fn.__name__)
-            raise FUSEError(errno.EIO) from None
+        except Exception as e:
+            raise _fuse_error(fn.__name__, e) from None
     return handler
 
 
 class DeviceOperations(pyfuse3.Operations):
     enable_writeback_cache = False
 
-    def __init__(self, device: Device, snapshot: Callable[[], dict],
+    def __init__(self, queue: RequestQueue, snapshot: Callable[[], dict],
                  uid: int | None = None, gid: int | None = None):
         super().__init__()
-        self.device = device
+        self.queue = queue
+        self.device = queue.device
         self.snapshot = snapshot
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
@@ -134,26 +142,29 @@ class DeviceOperations(pyfuse3.Operations):
         self._next_fh += 1
         return self._next_fh
 
-    @_translated
     async def read(self, fh, off, size):
-        content = self._stats_files.get(fh)
-        if content is not None:
-            return content[off:off + size]
-        return await self.device.read(off, size)
+        try:
+            if fh in self._stats_files:
+                return self._stats_files[fh][off:off + size]
+            return await self.queue.read(off, size)
+        except Exception as e:
+            raise _fuse_error("read", e) from None
 
-    @_translated
     async def write(self, fh, off, buf):
-        return await self.device.write(off, buf)
+        try:
+            return await self.queue.write(off, buf)
+        except Exception as e:
+            raise _fuse_error("write", e) from None
 
     @_translated
     async def flush(self, fh):
         if fh not in self._stats_files:
-            await self.device.flush()
+            await self.queue.flush()
 
     @_translated
     async def fsync(self, fh, datasync):
         if fh not in self._stats_files:
-            await self.device.flush()
+            await self.queue.flush()
 
     @_translated
     async def release(self, fh):
@@ -174,7 +185,7 @@ class DeviceOperations(pyfuse3.Operations):
         if inode != DEVICE_INO:
             raise FUSEError(errno.EOPNOTSUPP)
         if mode == _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE:
-            await self.device.discard(offset, length)
+            await self.queue.discard(offset, length)
         elif mode in (0, _FALLOC_FL_KEEP_SIZE):
             self.device.check_allocate(offset, length, keep_size=bool(mode))
         else:

@@ -7,7 +7,7 @@ the image, and the IV of a data unit is computed from ``cc_sector = device secto
 ``iv_large_sectors`` is set, in which case it counts data units.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import ConfigError, ImageError
 
@@ -29,21 +29,24 @@ class Geometry:
     size: int                   # device size in bytes, a multiple of sector_size
     iv_offset: int = 0          # --skip: added to the device sector before IV generation
     iv_large_sectors: bool = False
+    #: 512-byte sectors per data unit
+    sectors_per_unit: int = field(init=False, repr=False, compare=False)
+    #: IV-sector increment between consecutive data units
+    iv_step: int = field(init=False, repr=False, compare=False)
+    #: the IV sector of data unit 0: iv_sector(unit) = unit * iv_step + iv_base
+    iv_base: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def sectors_per_unit(self) -> int:
-        """512-byte sectors per data unit."""
-        return self.sector_size // SECTOR
-
-    @property
-    def iv_step(self) -> int:
-        """IV-sector increment between consecutive data units."""
-        return 1 if self.iv_large_sectors else self.sectors_per_unit
+    def __post_init__(self):
+        spu = self.sector_size // SECTOR
+        object.__setattr__(self, "sectors_per_unit", spu)
+        object.__setattr__(self, "iv_step", 1 if self.iv_large_sectors else spu)
+        # dm-crypt: cc_sector = unit * spu + iv_offset, divided by spu with large IVs
+        object.__setattr__(self, "iv_base",
+                           self.iv_offset // spu if self.iv_large_sectors else self.iv_offset)
 
     def iv_sector(self, unit: int) -> int:
         """The IV sector of device data unit ``unit`` (0-based, in sector_size units)."""
-        cc_sector = unit * self.sectors_per_unit + self.iv_offset
-        return cc_sector // self.sectors_per_unit if self.iv_large_sectors else cc_sector
+        return unit * self.iv_step + self.iv_base
 
     @classmethod
     def for_image(cls, image_size: int, sector_size: int, offset_sectors: int,

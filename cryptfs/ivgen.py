@@ -15,13 +15,18 @@ null       all zeros                                                            
 =========  ===================================================================  ===========
 
 ``counter`` says whether consecutive data units' IVs are a counter the cipher can extend by
-itself: the precondition for one multi data unit request per bio (DESIGN.md).
+itself — the precondition for one multi data unit request per bio (DESIGN.md) — and
+``counter_bits`` how wide it is (plain's wraps at 2^32).  The other modes are *derived* from the
+IV sector; their generators also derive many units' IVs at once (``many``), for backends that
+derive them per unit.  This table is the one place each mode's behaviour is written in Python;
+the native core (backends/_native.c) implements the same table in C and is tested against it.
 """
 
 import hashlib
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from .errors import SpecError
@@ -41,6 +46,11 @@ class IvGenerator(Protocol):
         """Return the 16-byte IV for the data unit numbered ``iv_sector``."""
 
 
+class DerivedIvGenerator(IvGenerator, Protocol):
+    def many(self, iv_sectors: np.ndarray) -> np.ndarray:
+        """IVs of many units: uint64 IV sectors (n,) → (n, 2) little-endian uint64 words."""
+
+
 def _plain(iv_sector: int) -> bytes:
     return (iv_sector & _MASK32).to_bytes(4, "little") + _ZERO[4:]
 
@@ -53,12 +63,22 @@ def _plain64be(iv_sector: int) -> bytes:
     return _ZERO[8:] + (iv_sector & _MASK64).to_bytes(8, "big")
 
 
-def _benbi(iv_sector: int) -> bytes:
-    return _ZERO[8:] + (((iv_sector << _BENBI_SHIFT) + 1) & _MASK64).to_bytes(8, "big")
+class _Benbi:
+    def __call__(self, iv_sector: int) -> bytes:
+        return _ZERO[8:] + (((iv_sector << _BENBI_SHIFT) + 1) & _MASK64).to_bytes(8, "big")
+
+    def many(self, iv_sectors: np.ndarray) -> np.ndarray:
+        ivs = np.zeros((len(iv_sectors), 2), dtype=np.uint64)
+        ivs[:, 1] = ((iv_sectors << np.uint64(_BENBI_SHIFT)) + np.uint64(1)).byteswap()
+        return ivs
 
 
-def _null(iv_sector: int) -> bytes:
-    return _ZERO
+class _Null:
+    def __call__(self, iv_sector: int) -> bytes:
+        return _ZERO
+
+    def many(self, iv_sectors: np.ndarray) -> np.ndarray:
+        return np.zeros((len(iv_sectors), 2), dtype=np.uint64)
 
 
 class Essiv:
@@ -72,9 +92,11 @@ class Essiv:
     def __call__(self, iv_sector: int) -> bytes:
         return self._ecb.update(_plain64(iv_sector))
 
-    def encrypt_counters(self, counters: bytes) -> bytes:
-        """ESSIV IVs of many data units at once: ``counters`` are their plain64 IVs."""
-        return self._ecb.update(counters)
+    def many(self, iv_sectors: np.ndarray) -> np.ndarray:
+        plain64 = np.zeros((len(iv_sectors), 2), dtype=np.uint64)
+        plain64[:, 0] = iv_sectors
+        out = self._ecb.update(plain64.tobytes())
+        return np.frombuffer(out, dtype=np.uint64).reshape(-1, 2)
 
 
 @dataclass(frozen=True)
@@ -83,6 +105,7 @@ class IvMode:
     counter: str | None   # byte order of the IV counter: "little", "big" or None (module docstring)
     factory: Callable[[bytes | bytearray, str | None], IvGenerator]
     takes_opts: bool = False
+    counter_bits: int = 128     # where a counter wraps (plain: 32, as dm-crypt's)
 
     def check_opts(self, opts: str | None, spec: str) -> None:
         """Raise SpecError if ``opts`` (the part after ':') is wrong for this mode."""
@@ -105,10 +128,10 @@ class IvMode:
 
 
 IV_MODES: dict[str, IvMode] = {
-    "plain": IvMode("plain", "little", lambda key, opts: _plain),
+    "plain": IvMode("plain", "little", lambda key, opts: _plain, counter_bits=32),
     "plain64": IvMode("plain64", "little", lambda key, opts: _plain64),
     "plain64be": IvMode("plain64be", "big", lambda key, opts: _plain64be),
     "essiv": IvMode("essiv", None, Essiv, takes_opts=True),
-    "benbi": IvMode("benbi", None, lambda key, opts: _benbi),
-    "null": IvMode("null", None, lambda key, opts: _null),
+    "benbi": IvMode("benbi", None, lambda key, opts: _Benbi()),
+    "null": IvMode("null", None, lambda key, opts: _Null()),
 }

@@ -1,5 +1,5 @@
-"""Progress bars, shown only on a terminal: elapsed time for key derivation, finished runs for
-the long commands (verify, bench, stress).
+"""Progress: on a terminal, bars — elapsed time for key derivation, finished runs for the long
+commands (verify, bench, stress); elsewhere (a log, CI) those commands print a line per run.
 
 Key derivation is one opaque library call, so its bar shows elapsed time against the expected
 duration (the ``--iter-time`` it was tuned for) rather than pretending to measure progress.
@@ -39,6 +39,27 @@ def progress(label: str, expected_seconds: float | None = None):
         thread.join()
 
 
-def run_bar(total: int, label: str) -> tqdm:
-    """A bar counting ``total`` runs; ``update()`` it as each one ends."""
-    return tqdm(total=total, desc=label, unit="run", disable=not sys.stderr.isatty(), leave=False)
+def run_bar(total: int, label: str):
+    """Counts ``total`` runs; ``update()`` it as each one ends.  A context manager."""
+    if sys.stderr.isatty():
+        return tqdm(total=total, desc=label, unit="run", leave=False)
+    return _Lines(total, label)
+
+
+class _Lines:
+    """``label: run N of TOTAL (elapsed)``, one line per run, for output that is no terminal."""
+
+    def __init__(self, total: int, label: str):
+        self.total, self.label, self.n = total, label, 0
+        self._start = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        print(f"{self.label}: run {self.n} of {self.total} "
+              f"({time.monotonic() - self._start:.0f} s)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "_Lines":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass

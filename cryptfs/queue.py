@@ -1,15 +1,15 @@
-"""The request queue: admission of bios and where their crypto runs.
+"""The request queue: the trio side of the device — where each request's work runs.
 
-At most ``queue_depth`` bios are in flight; further submitters wait (backpressure).  A bio's
-work — ``pread`` + decrypt for a read, encrypt + ``pwrite`` for a write — runs either *inline*
-in the submitting trio task, or *offloaded* to a crypto worker thread (dm-crypt's kcryptd
-workqueue; ``no_read_workqueue`` / ``no_write_workqueue`` choose inline per direction).
-Offloading applies to synchronous backends only: an asynchronous backend is already its own
-offload, and its completions arrive on the trio thread.
+A request's work (its bios' ``pread`` + decrypt, or encrypt + ``pwrite``) runs either *inline*,
+in the FUSE request's own trio task — no hand-off at all, as dm-crypt's
+``no_read_workqueue`` / ``no_write_workqueue`` — or *offloaded* to a crypto worker thread
+(dm-crypt's kcryptd workqueue), so the event loop serves other requests meanwhile; the native
+core releases the GIL, so offloaded crypto runs beside the loop.  At most ``queue_depth``
+offloaded requests are in flight (further ones wait: backpressure) on at most ``crypto_threads``
+threads.  A bio for an asynchronous backend always runs on a worker: it waits there for the
+completions the backend's own task delivers.  Flushes always go to a worker (fsync blocks).
 
-Reads decrypt out of place (ciphertext buffer → fresh plaintext buffer) and writes encrypt into
-a fresh ciphertext buffer, so plaintext never reaches the image and a failed request can be
-redone from untouched input.
+The counters here are touched only on the trio thread: no locks.
 """
 
 import os
@@ -17,97 +17,77 @@ import time
 
 import trio
 
-from backends.base import Op
-
 from .config import PipelineSection
-from .convert import Converter
-from .geometry import Geometry
-from .image import Image
+from .device import Device
 from .stats import Stats
 
 
 class RequestQueue:
-    def __init__(self, image: Image, converter: Converter, geometry: Geometry,
-                 pipeline: PipelineSection, stats: Stats):
-        self.image = image
-        self.converter = converter
-        self.geometry = geometry
+    def __init__(self, device: Device, pipeline: PipelineSection, stats: Stats):
+        self.device = device
         self.stats = stats
         self.depth = pipeline.queue_depth
+        self._pipeline = pipeline
         self._slots = trio.Semaphore(self.depth)
-        self._offload = {Op.DECRYPT: not pipeline.no_read_workqueue,
-                         Op.ENCRYPT: not pipeline.no_write_workqueue}
-        self._threads = trio.CapacityLimiter(pipeline.crypto_threads or os.cpu_count() or 1)
+        self._threads = trio.CapacityLimiter(crypto_threads(pipeline))
+        self.place()
 
-    @property
-    def offload_reads(self) -> bool:
-        return self._offload[Op.DECRYPT] and not self.converter.asynchronous
+    def place(self) -> None:
+        """Decide where reads and writes run, for the device's current backend (again after
+        the backend was replaced)."""
+        asynchronous = self.device.converter.asynchronous
+        self.offload_reads = not self._pipeline.no_read_workqueue or asynchronous
+        self.offload_writes = not self._pipeline.no_write_workqueue or asynchronous
 
-    @property
-    def offload_writes(self) -> bool:
-        return self._offload[Op.ENCRYPT] and not self.converter.asynchronous
+    async def read(self, offset: int, length: int) -> memoryview:
+        """The device's plaintext of [offset, offset+length) (short at the end)."""
+        start = time.perf_counter()
+        if self.offload_reads:
+            data = await self._offload(self.device.read, offset, length)
+        else:
+            data = self.device.read(offset, length)
+        s = self.stats
+        s.reads += 1
+        s.bytes_read += len(data)
+        s.bio_latency.add(time.perf_counter() - start)
+        return data
 
-    def _offset(self, unit: int) -> int:
-        return self.geometry.payload_offset + unit * self.geometry.sector_size
+    async def write(self, offset: int, data: bytes) -> int:
+        """Write ``data`` at ``offset``; the number of bytes written (short at the end)."""
+        start = time.perf_counter()
+        if self.offload_writes:
+            n = await self._offload(self.device.write, offset, data)
+        else:
+            n = self.device.write(offset, data)
+        s = self.stats
+        s.writes += 1
+        s.bytes_written += n
+        s.bio_latency.add(time.perf_counter() - start)
+        return n
 
-    async def read(self, unit: int, count: int) -> bytearray:
-        """Plaintext of ``count`` data units from ``unit``."""
-        async with _Slot(self):
-            if self.offload_reads:
-                return await trio.to_thread.run_sync(self._read_sync, unit, count,
-                                                     limiter=self._threads)
-            ciphertext, plaintext = self._buffers(count)
-            self.image.read_into(ciphertext, self._offset(unit))
-            await self.converter.convert(Op.DECRYPT, unit, memoryview(ciphertext),
-                                         memoryview(plaintext))
-            return plaintext
+    async def flush(self) -> None:
+        await trio.to_thread.run_sync(self.device.flush)
 
-    async def write(self, unit: int, plaintext: memoryview) -> None:
-        """Encrypt ``plaintext`` (whole data units) and write it at ``unit``."""
-        async with _Slot(self):
-            if self.offload_writes:
-                await trio.to_thread.run_sync(self._write_sync, unit, plaintext,
-                                              limiter=self._threads)
-                return
-            ciphertext = bytearray(len(plaintext))
-            await self.converter.convert(Op.ENCRYPT, unit, plaintext, memoryview(ciphertext))
-            self.image.write(ciphertext, self._offset(unit))
+    async def discard(self, offset: int, length: int) -> None:
+        if self.offload_writes:
+            await self._offload(self.device.discard, offset, length)
+        else:
+            self.device.discard(offset, length)
 
-    def _buffers(self, count: int) -> tuple[bytearray, bytearray]:
-        size = count * self.geometry.sector_size
-        return bytearray(size), bytearray(size)
-
-    def _read_sync(self, unit: int, count: int) -> bytearray:
-        ciphertext, plaintext = self._buffers(count)
-        self.image.read_into(ciphertext, self._offset(unit))
-        self.converter.convert_sync(Op.DECRYPT, unit, memoryview(ciphertext),
-                                    memoryview(plaintext))
-        return plaintext
-
-    def _write_sync(self, unit: int, plaintext: memoryview) -> None:
-        ciphertext = bytearray(len(plaintext))
-        self.converter.convert_sync(Op.ENCRYPT, unit, plaintext, memoryview(ciphertext))
-        self.image.write(ciphertext, self._offset(unit))
-
-
-class _Slot:
-    """One queue slot for the duration of a bio; counts in-flight bios and waits."""
-
-    __slots__ = ("_queue", "_start")
-
-    def __init__(self, queue: RequestQueue):
-        self._queue = queue
-
-    async def __aenter__(self) -> None:
-        self._start = time.perf_counter()
-        q = self._queue
+    async def _offload(self, work, *args):
+        """``work(*args)`` on a crypto worker thread, within the queue depth."""
         try:
-            q._slots.acquire_nowait()       # the common case, without a scheduling point
+            self._slots.acquire_nowait()        # the common case, without a scheduling point
         except trio.WouldBlock:
-            q.stats.add("queue_full")
-            await q._slots.acquire()
-        q.stats.peak("queue_high_water", q.depth - q._slots.value)
+            self.stats.add("queue_full")
+            await self._slots.acquire()
+        try:
+            self.stats.peak("queue_high_water", self.depth - self._slots.value)
+            return await trio.to_thread.run_sync(work, *args, limiter=self._threads)
+        finally:
+            self._slots.release()
 
-    async def __aexit__(self, *exc) -> None:
-        self._queue._slots.release()
-        self._queue.stats.bio_latency.add(time.perf_counter() - self._start)
+
+def crypto_threads(pipeline: PipelineSection) -> int:
+    """Threads that may do crypto: ``crypto_threads``, 0 meaning one per CPU."""
+    return pipeline.crypto_threads or os.cpu_count() or 1

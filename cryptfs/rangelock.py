@@ -1,18 +1,20 @@
-"""Exclusive locks on byte ranges, for trio tasks.
+"""Exclusive locks on byte ranges, for threads.
 
 Writes hold their sector-aligned range while they read-modify-write the edge sectors and write
-the ciphertext, so two overlapping writes can never interleave a stale edge sector.
+the ciphertext, so two overlapping writes can never interleave a stale edge sector.  Taking a
+free range costs one short critical section; only a conflicting holder makes a thread wait.
 """
 
-import trio
+import threading
 
 
 class RangeLock:
     def __init__(self):
-        self._held: list[tuple[int, int, trio.Event]] = []
+        self._cond = threading.Condition(threading.Lock())
+        self._held: list[tuple[int, int]] = []
 
     def hold(self, start: int, end: int) -> "_Held":
-        """``async with lock.hold(start, end):`` — waits while an overlapping range is held."""
+        """``with lock.hold(start, end):`` — waits while an overlapping range is held."""
         return _Held(self, start, end)
 
     def __len__(self) -> int:
@@ -20,21 +22,21 @@ class RangeLock:
 
 
 class _Held:
-    __slots__ = ("_lock", "_start", "_end", "_entry")
+    __slots__ = ("_lock", "_range")
 
     def __init__(self, lock: RangeLock, start: int, end: int):
-        self._lock, self._start, self._end = lock, start, end
+        self._lock, self._range = lock, (start, end)
 
-    async def __aenter__(self) -> None:
-        held = self._lock._held
-        while True:
-            blocker = next((ev for s, e, ev in held if s < self._end and self._start < e), None)
-            if blocker is None:
-                break
-            await blocker.wait()
-        self._entry = (self._start, self._end, trio.Event())
-        held.append(self._entry)
+    def __enter__(self) -> None:
+        start, end = self._range
+        held, cond = self._lock._held, self._lock._cond
+        with cond:
+            while any(s < end and start < e for s, e in held):
+                cond.wait()
+            held.append(self._range)
 
-    async def __aexit__(self, *exc) -> None:
-        self._lock._held.remove(self._entry)
-        self._entry[2].set()
+    def __exit__(self, *exc) -> None:
+        cond = self._lock._cond
+        with cond:
+            self._lock._held.remove(self._range)
+            cond.notify_all()

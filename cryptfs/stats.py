@@ -1,9 +1,18 @@
-"""Device counters: bumped on the data path (also from crypto worker threads), read as a dict."""
+"""Device counters, read as one dict.
+
+The request queue's own counters — reads, writes and their bytes, and the bio latency window —
+are bumped only on the trio thread, once per request: plain attributes, no lock.  Everything
+else (read-modify-writes, retries, timeouts...) may be bumped from crypto worker threads too,
+through :meth:`Stats.add` and :meth:`Stats.peak`, under a lock.
+"""
 
 import threading
 from collections import Counter
 
 from backends.latency import LatencyWindow
+
+#: the trio thread's own counters, in the order ``snapshot`` lists them
+QUEUE_COUNTERS = ("reads", "bytes_read", "writes", "bytes_written")
 
 
 class Stats:
@@ -11,7 +20,8 @@ class Stats:
         self._lock = threading.Lock()
         self._counts: Counter = Counter()
         self._peaks: dict[str, int] = {}
-        self.bio_latency = LatencyWindow()     # queue admission to the end of a bio's crypto+I/O
+        self.reads = self.bytes_read = self.writes = self.bytes_written = 0
+        self.bio_latency = LatencyWindow()     # a request's admission to its completion
 
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -24,7 +34,9 @@ class Stats:
                 self._peaks[name] = value
 
     def snapshot(self) -> dict:
+        """Every counter that moved, and the latency percentiles (on the trio thread)."""
+        own = {name: getattr(self, name) for name in QUEUE_COUNTERS if getattr(self, name)}
         with self._lock:
-            counters = {**self._counts, **self._peaks}
+            counters = {**own, **self._counts, **self._peaks}
         latency = self.bio_latency.percentiles()
         return {**counters, **({"bio_latency": latency} if latency else {})}

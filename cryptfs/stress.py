@@ -22,6 +22,9 @@ PATHS = [
     CryptfsTarget("multidu/per_sector", "multidu", "per_sector"),
     CryptfsTarget("multidu/multi_du", "multidu", "multi_du"),
     CryptfsTarget("multidu/multi_du offload", "multidu", "multi_du", offload=True),
+    CryptfsTarget("multidu pure-Python/multi_du", "multidu", "multi_du",
+                  extra={"native": False}),
+    CryptfsTarget("software/multi_du offload", "software", "multi_du", offload=True),
     CryptfsTarget("engine/multi_du with faults", "engine", "multi_du", extra=FAULTY_ENGINE,
                   pipeline={"completion_timeout": 0.2}),
 ]

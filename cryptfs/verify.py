@@ -1,7 +1,7 @@
 """``cryptfs verify``: the same seeded workload through every backend × mode × sector size ×
 IV mode; the ciphertext images must be identical bit for bit.
 
-Each run builds an in-process device (the whole data path below FUSE: device, queue, convert,
+Each run builds an in-process device (the whole data path below FUSE: queue, device, convert,
 backend) over a fresh zeroed image in plain mode with the same key, replays the same operations
 — writes and reads of mixed sizes at unaligned offsets — checks every read against a model of
 the plaintext, and hashes the image.  All runs of one cipher and sector layout must agree.
@@ -11,22 +11,29 @@ import hashlib
 import os
 import random
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
 from .config import Config
 from .daemon import Daemon
-from .formats import open_volume
-from .image import Image
 from .mdtable import markdown_table
 from .spec import parse_spec
+from .stack import assemble
 from .volume import KeySource
 
 CIPHERS = ("aes-xts-plain64", "aes-xts-plain", "aes-xts-plain64be", "aes-cbc-plain64",
            "aes-cbc-plain", "aes-cbc-essiv:sha256", "aes-cbc-benbi", "aes-cbc-null")
 LAYOUTS = ((512, False), (4096, False), (4096, True))      # (sector size, iv_large_sectors)
 MODES = ("per_sector", "multi_du")
+#: the variants of a backend that are paths of their own: label → (backend, its options)
+VARIANTS = {"multidu": [("multidu", {}), ("multidu-python", {"native": False})]}
+
+
+def paths(backend_names: list[str]) -> list[tuple[str, str, dict]]:
+    """(label, backend, options) for every path of the named backends."""
+    return [(label, name, options) for name in backend_names
+            for label, options in VARIANTS.get(name, [(name, {})])]
 SIZES = (1, 100, 511, 512, 1536, 4095, 4096, 4097, 65536, 131072, 131073, 262144)
 
 
@@ -35,8 +42,10 @@ class Run:
     cipher: str
     sector_size: int
     large: bool
-    backend: str
+    backend: str            # the path's label: a backend, or one of its VARIANTS
     mode: str
+    name: str = ""          # the backend behind the label
+    options: dict = field(default_factory=dict)     # its [backend.<name>] options
     path: str = ""          # what the converter chose, and why
     digest: str = ""
     reads_ok: bool = True
@@ -56,20 +65,20 @@ def workload(size: int, seed: int) -> list[tuple[str, int, int]]:
 
 
 async def _replay(daemon: Daemon, steps, seed: int) -> bool:
-    device, rng = daemon.device, random.Random(seed + 1)
+    queue, rng = daemon.queue, random.Random(seed + 1)
     ok = True
     async with trio.open_nursery() as nursery:
         await daemon.start(nursery)            # an asynchronous backend's own task
-        model = bytearray(await device.read(0, device.size))
+        model = bytearray(await queue.read(0, daemon.device.size))
         for op, offset, length in steps:
             if op == "write":
                 data = rng.randbytes(length)
-                n = await device.write(offset, data)
+                n = await queue.write(offset, data)
                 model[offset:offset + n] = data[:n]
             else:
-                ok &= bytes(await device.read(offset, length)) == \
+                ok &= bytes(await queue.read(offset, length)) == \
                     bytes(model[offset:offset + length])
-        await device.flush()
+        await queue.flush()
         nursery.cancel_scope.cancel()
     return ok
 
@@ -88,14 +97,15 @@ def run_one(run: Run, size: int, seed: int, workdir: str) -> Run:
                                  ("crypto", "key_file", key_path),
                                  ("crypto", "sector_size", run.sector_size),
                                  ("crypto", "iv_large_sectors", run.large),
-                                 ("pipeline", "mode", run.mode), ("backend", "name", run.backend)):
+                                 ("pipeline", "mode", run.mode)):
         config.set(section, name, value)
+    name = run.name or run.backend
+    config.set("backend", "name", name)
     # Bytes are what is verified: an engine needs no simulated latency for that.
-    config.backend.options = {"engine": {"setup_us": 0.0, "per_unit_us": 0.0,
-                                         "throughput_mbps": 1e9}} if run.backend == "engine" else {}
-    image = Image(image_path)
-    daemon = Daemon(open_volume(image, config, KeySource(key_path)), image, config)
-    run.path = daemon.converter.reason
+    config.backend.options = {name: {"setup_us": 0.0, "per_unit_us": 0.0,
+                                     "throughput_mbps": 1e9} if name == "engine" else run.options}
+    daemon = Daemon(assemble(image_path, config, KeySource(key_path)))
+    run.path = daemon.stack.converter.reason
     try:
         run.reads_ok = trio.run(_replay, daemon, workload(size, seed), seed)
     finally:
@@ -107,8 +117,8 @@ def run_one(run: Run, size: int, seed: int, workdir: str) -> Run:
 
 def verify(size: int, seed: int, backends: list[str], ciphers=CIPHERS, layouts=LAYOUTS,
            modes=MODES, progress=None) -> list[Run]:
-    runs = [Run(c, s, large, b, m) for c in ciphers for s, large in layouts for b in backends
-            for m in modes]
+    runs = [Run(c, s, large, label, m, name, options) for c in ciphers for s, large in layouts
+            for label, name, options in paths(backends) for m in modes]
     with tempfile.TemporaryDirectory(prefix="cryptfs-verify-") as workdir:
         for run in runs:
             run_one(run, size, seed, workdir)
@@ -129,8 +139,8 @@ def mismatches(runs: list[Run]) -> list[Run]:
 
 
 def table(runs: list[Run], backends: list[str], modes=MODES) -> str:
-    """Markdown: one row per cipher and layout, one column per backend/mode, digest prefixes."""
-    columns = [(b, m) for b in backends for m in modes]
+    """Markdown: one row per cipher and layout, one column per path/mode, digest prefixes."""
+    columns = [(label, m) for label, _, _ in paths(backends) for m in modes]
     bad = {id(r) for r in mismatches(runs)}
     rows: dict = {}
     for run in runs:

@@ -24,18 +24,19 @@ class Volume:
 
 class KeySource:
     """Where the user's key material comes from: a key file (``-``: stdin; ``offset`` and
-    ``size`` as cryptsetup's --keyfile-offset/--keyfile-size) or a passphrase.
+    ``size`` as cryptsetup's --keyfile-offset/--keyfile-size), a passphrase asked for at the
+    terminal, or a passphrase ``given`` by a program (the Python API).
 
     Formats decide what the material means (plain: a raw key or a passphrase to hash; LUKS: a
     passphrase for a key slot).  ``read()`` returns a fresh Secret the caller wipes.
     """
 
     def __init__(self, key_file: str | None = None, prompt: str = "Enter passphrase: ",
-                 offset: int = 0, size: int = 0):
+                 given: Secret | None = None, offset: int = 0, size: int = 0):
         self.key_file = key_file or None
         self.prompt = prompt
         self.offset, self.size = offset, size
-        self._cached: Secret | None = None
+        self._cached: Secret | None = given
 
     @property
     def is_file(self) -> bool:

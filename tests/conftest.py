@@ -2,23 +2,25 @@
 
 import pytest
 
-from backends import REGISTRY
-
 MODES = ("per_sector", "multi_du")
-#: the backends that complete requests synchronously; the asynchronous engine needs its own
-#: task running (test_engine.py and cryptfs verify cover it, byte for byte)
-SYNCHRONOUS = sorted(name for name in REGISTRY if name != "engine")
+#: the backends that complete requests synchronously, as (name, [backend.<name>] options): multidu
+#: twice, on the native core and on its pure-Python path, so the same vectors run over both.
+#: The asynchronous engine needs its own task running (test_engine.py and cryptfs verify cover
+#: it, byte for byte).
+SYNCHRONOUS = {"software": ("software", {}), "multidu": ("multidu", {}),
+               "multidu-python": ("multidu", {"native": False})}
 
 
 @pytest.fixture(params=SYNCHRONOUS)
-def backend_name(request) -> str:
-    """Every registered backend: the same vectors run over each."""
-    return request.param
+def backend_variant(request) -> tuple[str, dict]:
+    """Every synchronous backend (and implementation): (name, options)."""
+    return SYNCHRONOUS[request.param]
 
 
 @pytest.fixture(params=[(b, m) for b in SYNCHRONOUS for m in MODES],
                 ids=[f"{b}-{m}" for b in SYNCHRONOUS for m in MODES])
 def crypto_path(request) -> dict:
     """Every backend × convert mode, as settings for helpers.open_plain / open_luks."""
-    backend, mode = request.param
-    return {"backend": backend, "mode": mode}
+    variant, mode = request.param
+    backend, options = SYNCHRONOUS[variant]
+    return {"backend": backend, "backend_options": options, "mode": mode}

@@ -141,45 +141,43 @@ def luks_volume_key(image: Path, passphrase: str = PASSPHRASE,
 
 
 def open_plain(image: Path, key: bytes, *, cipher: str = "aes-xts-plain64", offset: int = 0,
-               sector_size: int = 512, backend: str = "software", **settings):
+               sector_size: int = 512, backend: str = "software",
+               backend_options: dict | None = None, **settings):
     """An in-process device (no FUSE) over ``image`` in plain mode: a cryptfs Daemon whose
-    ``.device`` takes reads and writes.  ``settings`` are config keys of any section."""
+    ``.queue`` takes reads and writes as FUSE requests (``.device``: the synchronous device
+    below it).  ``settings`` are config keys of any section."""
     key_path = Path(image).with_suffix(".key")
     key_path.write_bytes(key)
     return _daemon(image, type="plain", key_file=str(key_path), cipher=cipher,
                    key_size=len(key) * 8, sector_size=sector_size, offset=offset,
-                   backend=backend, **settings)
+                   backend=backend, backend_options=backend_options, **settings)
 
 
-def _daemon(image: Path, backend: str, **settings):
+def _daemon(image: Path, backend: str, backend_options: dict | None = None, **settings):
     from cryptfs.config import SECTIONS, Config
     from cryptfs.daemon import Daemon
-    from cryptfs.formats import open_volume
-    from cryptfs.image import Image
+    from cryptfs.stack import assemble
     from cryptfs.volume import KeySource
 
     config = Config()
     config.set("backend", "name", backend)
+    if backend_options:
+        config.backend.options[backend] = backend_options
     for name, value in settings.items():
         section = next(s for s, cls in SECTIONS.items() if name in cls.__dataclass_fields__)
         config.set(section, name, value)
-    img = Image(str(image), read_only=config.device.read_only)
-    try:
-        volume = open_volume(img, config, KeySource(config.crypto.key_file))
-        return Daemon(volume, img, config)
-    except BaseException:
-        img.close()
-        raise
+    return Daemon(assemble(str(image), config, KeySource(config.crypto.key_file)))
 
 
 def open_luks(image: Path, passphrase: str = PASSPHRASE, *, header: Path | None = None,
-              backend: str = "software", **settings):
+              backend: str = "software", backend_options: dict | None = None, **settings):
     """An in-process device over a LUKS ``image`` unlocked with ``passphrase``."""
     pass_path = Path(image).with_suffix(".pass")
     pass_path.write_text(passphrase)
     if header:
         settings["header"] = str(header)
-    return _daemon(image, backend=backend, key_file=str(pass_path), **settings)
+    return _daemon(image, backend=backend, backend_options=backend_options,
+                   key_file=str(pass_path), **settings)
 
 
 def cryptsetup(*args: str, passphrase: str | None = PASSPHRASE) -> str:
@@ -201,15 +199,33 @@ async def read_then_patch(daemon, plaintext: bytes, seed: int) -> bytes:
     """Check the device reads ``plaintext``, apply PATCHES (negative offsets count from the
     end), close it, and return what it should now hold — for an oracle to compare."""
     import random
-    assert bytes(await daemon.device.read(0, len(plaintext))) == plaintext
+    assert bytes(await daemon.queue.read(0, len(plaintext))) == plaintext
     model = bytearray(plaintext)
     rng = random.Random(seed)
     for off, length in PATCHES:
         off %= len(plaintext)
         data = rng.randbytes(length)
-        assert await daemon.device.write(off, data) == length
+        assert await daemon.queue.write(off, data) == length
         model[off:off + length] = data
-    assert bytes(await daemon.device.read(0, len(model))) == bytes(model)
-    await daemon.device.flush()
+    assert bytes(await daemon.queue.read(0, len(model))) == bytes(model)
+    await daemon.queue.flush()
     daemon.close()
     return bytes(model)
+
+
+def reencrypt_luks2(tmp_path, plaintext: bytes, sector_size: int, pbkdf: str, detached: bool):
+    """A LUKS2 image cryptsetup made from ``plaintext``: (image, header or None)."""
+    image = tmp_path / "image"
+    kdf = (["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"] if pbkdf == "pbkdf2" else
+           ["--pbkdf", "argon2id", "--pbkdf-force-iterations", "4", "--pbkdf-memory", "32768"])
+    args = ["reencrypt", "--encrypt", "--type", "luks2", "--sector-size", str(sector_size), *kdf]
+    if detached:
+        image.write_bytes(plaintext)
+        header = tmp_path / "header"
+        cryptsetup(*args, "--header", str(header), str(image))
+        return image, header
+    with open(image, "wb") as f:
+        f.write(plaintext)
+        f.truncate(len(plaintext) + (32 << 20))     # room the header takes from the end
+    cryptsetup(*args, "--reduce-device-size", "32M", str(image))
+    return image, None

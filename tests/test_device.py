@@ -46,11 +46,11 @@ async def test_random_unaligned_io_matches_a_model(tmp_path, sector_size, offloa
         length = rng.choice([1, 100, 511, 512, 513, 1536, 4095, 4096, 4097, 20000])
         if rng.random() < 0.5:
             data = rng.randbytes(length)
-            written = await d.device.write(off, data)
+            written = await d.queue.write(off, data)
             assert written == min(length, d.device.size - off)
             model[off:off + written] = data[:written]
         else:
-            got = await d.device.read(off, length)
+            got = await d.queue.read(off, length)
             assert bytes(got) == bytes(model[off:off + length])
     d.close()
     ciphertext = (tmp_path / "image").read_bytes()
@@ -67,24 +67,24 @@ async def test_concurrent_writes_sharing_edge_sectors_lose_nothing(tmp_path, off
 
     async def writer(i):
         await trio.sleep(random.random() / 1000)
-        await d.device.write(700 * i, chunks[i])
+        await d.queue.write(700 * i, chunks[i])
 
     async with trio.open_nursery() as nursery:
         for i in random.sample(range(64), 64):
             nursery.start_soon(writer, i)
-    assert bytes(await d.device.read(0, 700 * 64)) == b"".join(chunks)
-    assert d.stats.snapshot()["rmw"] == 64
+    assert bytes(await d.queue.read(0, 700 * 64)) == b"".join(chunks)
+    assert d.stack.stats.snapshot()["rmw"] == 64
     d.close()
 
 
 async def test_discard_zeroes_ciphertext_of_whole_units_only(tmp_path):
     d = open_daemon(tmp_path, size=64 * 1024, allow_discards=True)
-    await d.device.write(0, b"\xab" * 8192)
-    await d.device.discard(100, 4000)         # whole sectors inside: 512..4095
+    await d.queue.write(0, b"\xab" * 8192)
+    await d.queue.discard(100, 4000)         # whole sectors inside: 512..4095
     ciphertext = (tmp_path / "image").read_bytes()
     assert ciphertext[512:4096] == bytes(3584)
     assert ciphertext[:512] != bytes(512) and ciphertext[4096:4608] != bytes(512)
-    plain = bytes(await d.device.read(0, 8192))
+    plain = bytes(await d.queue.read(0, 8192))
     assert plain[:512] == b"\xab" * 512 and plain[4096:] == b"\xab" * 4096
     # dm-crypt semantics: a discarded sector reads as the decryption of zeros
     assert plain[512:4096] == reference_decrypt(bytes(3584), 512, offset_units=1)
@@ -94,7 +94,7 @@ async def test_discard_zeroes_ciphertext_of_whole_units_only(tmp_path):
 async def test_discard_needs_allow_discards(tmp_path):
     d = open_daemon(tmp_path)
     with pytest.raises(DeviceError) as e:
-        await d.device.discard(0, 4096)
+        await d.queue.discard(0, 4096)
     assert e.value.errno == errno.EOPNOTSUPP
     d.close()
 
@@ -103,32 +103,32 @@ async def test_read_only_refuses_writes_and_leaves_the_image(tmp_path):
     (tmp_path / "image").write_bytes(random.randbytes(64 * 1024))
     before = (tmp_path / "image").read_bytes()
     d = open_daemon(tmp_path, read_only=True, allow_discards=True)
-    for attempt in (d.device.write(0, b"x"), d.device.discard(0, 4096)):
+    for attempt in (d.queue.write(0, b"x"), d.queue.discard(0, 4096)):
         with pytest.raises(DeviceError) as e:
             await attempt
         assert e.value.errno == errno.EROFS
-    assert len(await d.device.read(0, 4096)) == 4096
+    assert len(await d.queue.read(0, 4096)) == 4096
     d.close()
     assert (tmp_path / "image").read_bytes() == before
 
 
 async def test_the_end_of_the_device(tmp_path):
     d = open_daemon(tmp_path, size=8192)
-    assert bytes(await d.device.read(8192, 10)) == b""
-    assert len(await d.device.read(8000, 1000)) == 192
-    assert await d.device.write(8000, b"y" * 1000) == 192
+    assert bytes(await d.queue.read(8192, 10)) == b""
+    assert len(await d.queue.read(8000, 1000)) == 192
+    assert await d.queue.write(8000, b"y" * 1000) == 192
     with pytest.raises(DeviceError) as e:
-        await d.device.write(8192, b"z")
+        await d.queue.write(8192, b"z")
     assert e.value.errno == errno.ENOSPC
-    assert bytes(await d.device.read(8000, 192)) == b"y" * 192
+    assert bytes(await d.queue.read(8000, 192)) == b"y" * 192
     d.close()
 
 
 async def test_flush_reaches_the_image(tmp_path, monkeypatch):
     d = open_daemon(tmp_path)
     synced = []
-    monkeypatch.setattr(d.image, "sync", lambda: synced.append(True))
-    await d.device.write(0, b"data")
-    await d.device.flush()
+    monkeypatch.setattr(d.stack.image, "sync", lambda: synced.append(True))
+    await d.queue.write(0, b"data")
+    await d.queue.flush()
     assert synced == [True]
     d.close()

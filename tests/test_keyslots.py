@@ -139,15 +139,14 @@ def test_cryptsetup_key_commands_as_cryptfs_sees_them(volume):
 @pytest.mark.parametrize("version, detached", [("luks1", False), ("luks2", False),
                                                ("luks2", True)],
                          ids=["luks1", "luks2", "luks2-detached"])
-async def test_header_backup_damage_restore_keeps_the_data(tmp_path, version, detached):
-    from helpers import open_luks
+def test_header_backup_damage_restore_keeps_the_data(tmp_path, version, detached):
+    import cryptfs
     v = Volume(tmp_path, version, "pbkdf2", detached)
-    passphrase = v.secrets["p0"].read_text()
+    opened = dict(key_file=v.secrets["p0"], header=v.header)
     data = os.urandom(256 << 10)
-    daemon = open_luks(v.image, passphrase, header=v.header)
-    await daemon.device.write(4096, data)
-    await daemon.device.flush()
-    daemon.close()
+    with cryptfs.open_image(v.image, read_only=False, **opened) as f:
+        f.seek(4096)
+        f.write(data)
 
     backup, theirs = tmp_path / "backup", tmp_path / "theirs"
     v.cryptfs("luksHeaderBackup", "--header-backup-file", backup)
@@ -166,9 +165,9 @@ async def test_header_backup_damage_restore_keeps_the_data(tmp_path, version, de
 
     v.cryptfs("luksHeaderRestore", "--header-backup-file", backup, "--batch-mode")
     v.check({"p0"}, also=("wrong",))
-    daemon = open_luks(v.image, passphrase, header=v.header)
-    assert bytes(await daemon.device.read(4096, len(data))) == data
-    daemon.close()
+    with cryptfs.open_image(v.image, **opened) as f:
+        f.seek(4096)
+        assert f.read(len(data)) == data
 
 
 @pytest.fixture
@@ -210,7 +209,7 @@ def test_luks1_refusals(tmp_path):
     v = Volume(tmp_path, "luks1", "pbkdf2", False)
     refused(v, 1, "LUKS1 supports only --pbkdf pbkdf2", "luksAddKey", v.image,
             "--pbkdf", "argon2id", input=b"")
-    refused(v, 4, "is LUKS1, not LUKS2", "config", v.image, "--label", "x")
+    refused(v, 1, "is LUKS1, not LUKS2", "config", v.image, "--label", "x")
 
 
 def test_isluks_and_uuid_answer_as_cryptsetup(luks2, tmp_path):

@@ -1,5 +1,6 @@
-"""Multi data unit: the native vectorised backend against per-unit AES, the convert loop's
-path choice and failure semantics, and byte-identical ciphertext across every path."""
+"""Multi data unit: the multidu backend (native core and pure-Python path) against per-unit
+AES, the convert loop's path choice and failure semantics, and byte-identical ciphertext
+across every path."""
 
 import logging
 import random
@@ -10,10 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import backends
-from backends import multidu
+from backends import native, vectorised
 from backends.base import CryptoRequest, Op
-from backends.multidu import CUTOFF, MultiDuBackend
+from backends.multidu import MultiDuBackend
 from backends.software import SoftwareBackend
+from backends.vectorised import CUTOFF
 from cryptfs import verify
 from cryptfs.convert import Converter, choose_path
 from cryptfs.geometry import Geometry
@@ -44,7 +46,12 @@ def request_iv(spec, key, first: int) -> bytes:
     return IV_MODES[mode].generator(key, spec.ivopts)(first)
 
 
-@pytest.mark.parametrize("path", ["vectorised", "vectorised in pieces", "unit-by-unit"])
+PYTHON_PATHS = {"vectorised": {"native": False, "min_units": 1},
+                "vectorised in pieces": {"native": False, "min_units": 1},
+                "unit-by-unit": {"native": False, "min_units": 1 << 30}}
+
+
+@pytest.mark.parametrize("path", ["native", *PYTHON_PATHS])
 @pytest.mark.parametrize("cipher", verify.CIPHERS)
 @settings(max_examples=25, deadline=None)
 @given(data=st.data())
@@ -58,13 +65,14 @@ def test_multidu_matches_per_unit_aes(cipher, path, data):
     first = data.draw(st.integers(0, 2**40)) if spec.ivmode != "plain" else \
         data.draw(st.integers(0, 2**32 - 1 - n * step))         # plain: no 32-bit wrap here
     op = data.draw(st.sampled_from(list(Op)))
-    backend = MultiDuBackend(spec, bytearray(key),
-                             {"min_units": 1 << 30 if path == "unit-by-unit" else 1})
+    if path == "native" and not native.AVAILABLE:
+        pytest.skip(native.UNAVAILABLE)
+    backend = MultiDuBackend(spec, bytearray(key), PYTHON_PATHS.get(path, {}))
     src = rng.randbytes(n * du)
     dst = bytearray(len(src))
     with pytest.MonkeyPatch.context() as patch:
         if path == "vectorised in pieces":          # pieces of 1-7 units, the last one short
-            patch.setattr(multidu, "CHUNK_BYTES", data.draw(st.integers(1, 7)) * du)
+            patch.setattr(vectorised, "CHUNK_BYTES", data.draw(st.integers(1, 7)) * du)
         backend.submit(CryptoRequest(op, memoryview(src), memoryview(dst),
                                      request_iv(spec, key, first), du, step))
     assert bytes(dst) == reference(spec, key, op, src, du, first, step)
@@ -77,8 +85,8 @@ def test_a_one_mebibyte_bio_in_default_pieces_matches_per_unit_aes(cipher, op):
     rng = random.Random(1)
     key = rng.randbytes(spec.default_key_bits // 8)
     src, dst = rng.randbytes((1 << 20) + 512), bytearray((1 << 20) + 512)
-    assert len(src) > multidu.CHUNK_BYTES
-    MultiDuBackend(spec, bytearray(key)).submit(
+    assert len(src) > vectorised.CHUNK_BYTES
+    MultiDuBackend(spec, bytearray(key), {"native": False}).submit(
         CryptoRequest(op, memoryview(src), memoryview(dst), request_iv(spec, key, 77), 512, 1))
     assert bytes(dst) == reference(spec, key, op, src, 512, 77, 1)
 
@@ -90,7 +98,7 @@ def test_cutoffs_cover_every_mode_direction_and_size():
 
 def test_caps_say_what_multidu_derives():
     caps = MultiDuBackend(parse_spec("aes-cbc-essiv:sha256"), bytearray(32)).caps
-    assert caps.native_multi_du and {"essiv", "benbi", "null"} <= caps.derived_iv_modes
+    assert caps.native_multi_du and {"essiv", "benbi", "null", "plain"} <= caps.derived_iv_modes
     software = SoftwareBackend(parse_spec("aes-xts-plain64"), bytearray(range(64)))
     assert not software.caps.native_multi_du
 
@@ -101,7 +109,8 @@ def test_caps_say_what_multidu_derives():
     ("aes-cbc-essiv:sha256", "software", False, "IV mode essiv is no counter and backend "
                                                 "software cannot derive it"),
     ("aes-cbc-essiv:sha256", "multidu", True, "essiv IVs as derived by the backend"),
-    ("aes-cbc-plain", "multidu", True, "per-sector where plain wraps at 2^32"),
+    ("aes-cbc-plain", "software", True, "per-sector where plain wraps at 2^32"),
+    ("aes-cbc-plain", "multidu", True, "wrapping at 2^32 (derived by the backend)"),
 ])
 def test_path_choice_and_reason(cipher, backend, multi, fragment):
     spec = parse_spec(cipher)
@@ -116,8 +125,7 @@ def test_path_choice_and_reason(cipher, backend, multi, fragment):
 async def test_backend_rejecting_the_unit_size_falls_back_and_opens(tmp_path, caplog):
     from cryptfs.config import load
     from cryptfs.daemon import Daemon
-    from cryptfs.formats import open_volume
-    from cryptfs.image import Image
+    from cryptfs.stack import assemble
     from cryptfs.volume import KeySource
 
     (tmp_path / "image").write_bytes(bytes(1 << 20))
@@ -136,17 +144,16 @@ name = "multidu"
 data_unit_sizes = [512]     # an engine that advertises multi-DU, but not of 4096 bytes
 """)
     config = load(str(tmp_path / "c.toml"))
-    image = Image(str(tmp_path / "image"))
     with caplog.at_level(logging.WARNING):
-        daemon = Daemon(open_volume(image, config, KeySource(config.crypto.key_file)), image,
-                        config)
+        daemon = Daemon(assemble(str(tmp_path / "image"), config,
+                                 KeySource(config.crypto.key_file)))
     assert "advertises multi data unit requests but not of 4096 bytes" in caplog.text
     status = daemon.status()
     assert status["crypto_path"] == "per_sector"
     assert "rejects data unit size 4096 (512)" in status["crypto_path_reason"]
     data = random.randbytes(40000)
-    assert await daemon.device.write(5000, data) == len(data)       # and the device works
-    assert bytes(await daemon.device.read(5000, len(data))) == data
+    assert await daemon.queue.write(5000, data) == len(data)       # and the device works
+    assert bytes(await daemon.queue.read(5000, len(data))) == data
     daemon.close()
 
 
@@ -174,7 +181,7 @@ def test_memory_pressure_retries_per_sector_once_and_terminates(op):
     data = random.randbytes(64 * 512)
     out = bytearray(len(data))
     for bio in range(10):
-        conv.convert_sync(op, bio * 64, memoryview(data), memoryview(out))
+        conv.convert(op, bio * 64, memoryview(data), memoryview(out))
         assert bytes(out) == reference(spec, key, op, data, 512, bio * 64, 1)
     assert backend.multi_requests == 10            # one multi-DU attempt per bio, never again
     assert stats.snapshot()["multi_du_retried_bios"] == 10
@@ -187,43 +194,50 @@ async def test_injected_allocation_failure_goes_per_sector(tmp_path):
     daemon = open_plain(image, bytes(range(64)), backend="multidu", mode="multi_du",
                         inject_alloc_failure=1.0)
     data = random.randbytes(300000)
-    assert await daemon.device.write(1000, data) == len(data)
-    assert bytes(await daemon.device.read(1000, len(data))) == data
-    counters = daemon.stats.snapshot()
+    assert await daemon.queue.write(1000, data) == len(data)
+    assert bytes(await daemon.queue.read(1000, len(data))) == data
+    counters = daemon.stack.stats.snapshot()
     assert counters["multi_du_alloc_failures"] >= 2
-    assert daemon.backend.statistics().get("vectorised", 0) == 0   # nothing went multi-DU
+    backend = daemon.stack.backend.statistics()
+    assert backend["requests"] == backend["data_units"]     # nothing went multi-DU
     daemon.close()
 
 
-def test_plain_iv_wrap_goes_per_sector_and_matches():
+@pytest.mark.parametrize("backend, options, per_sector", [
+    ("software", {}, True),                     # the 128-bit auto-splitter would carry
+    ("multidu", {}, False),                     # the native core derives plain's wrap
+    ("multidu", {"native": False, "min_units": 1}, False),
+])
+def test_plain_iv_wrap_matches_dm_crypt(backend, options, per_sector):
     spec, key = parse_spec("aes-cbc-plain"), bytes(range(32))
     stats = Stats()
     geometry = Geometry(512, 0, 1 << 20, iv_offset=2**32 - 5)
-    conv = Converter(MultiDuBackend(spec, bytearray(key), {"min_units": 1}),
+    conv = Converter(backends.create(backend, spec, bytearray(key), options),
                      SoftwareBackend(spec, key), spec, key, geometry, stats, mode="multi_du")
     data = random.randbytes(16 * 512)
     out = bytearray(len(data))
-    conv.convert_sync(Op.ENCRYPT, 0, memoryview(data), memoryview(out))   # crosses 2^32
+    conv.convert(Op.ENCRYPT, 0, memoryview(data), memoryview(out))   # crosses 2^32
     assert bytes(out) == reference(spec, key, Op.ENCRYPT, data, 512, 2**32 - 5, 1)
-    conv.convert_sync(Op.ENCRYPT, 100, memoryview(data), memoryview(out))  # past it: multi-DU
+    conv.convert(Op.ENCRYPT, 100, memoryview(data), memoryview(out))  # past it: multi-DU
     assert bytes(out) == reference(spec, key, Op.ENCRYPT, data, 512, 2**32 + 95, 1)
-    assert stats.snapshot()["plain_wrap_per_sector"] == 1
+    assert stats.snapshot().get("plain_wrap_per_sector", 0) == (1 if per_sector else 0)
 
 
 def test_verify_finds_every_path_identical_and_catches_a_broken_one(monkeypatch):
     names = sorted(backends.REGISTRY)
     runs = verify.verify(1 << 20, 7, names)
-    assert len(runs) == len(verify.CIPHERS) * 3 * len(names) * 2
+    assert len(runs) == len(verify.CIPHERS) * 3 * (len(names) + 1) * 2   # multidu twice
+    assert {run.backend for run in runs} == {*names, "multidu-python"}
     assert verify.mismatches(runs) == []
     assert all(run.reads_ok for run in runs)
     assert any("native" in run.path for run in runs) and any("auto-split" in run.path
                                                             for run in runs)
     # a backend whose XTS tweaks are off by one block must be caught
-    from backends import multidu
-    real = multidu.expand_tweaks
-    monkeypatch.setattr(multidu, "expand_tweaks",
+    real = vectorised.expand_tweaks
+    monkeypatch.setattr(vectorised, "expand_tweaks",
                         lambda t0, blocks: real(t0, blocks)[[*range(1, len(t0) * blocks), 0]])
     runs = verify.verify(1 << 20, 7, ["software", "multidu"], ciphers=("aes-xts-plain64",),
                          layouts=((512, False),))
-    assert [(r.backend, r.mode) for r in verify.mismatches(runs)] == [("multidu", "multi_du")]
+    assert [(r.backend, r.mode) for r in verify.mismatches(runs)] == \
+        [("multidu-python", "multi_du")]
     assert "✗" in verify.table(runs, ["software", "multidu"])

@@ -32,10 +32,11 @@ def whole_block(v):
 
 
 @pytest.mark.parametrize("v", [v for v in XTS if whole_block(v)], ids=lambda v: v["name"])
-def test_ieee1619_xts(backend_name, v):
+def test_ieee1619_xts(backend_variant, v):
     key = bytes.fromhex(v["key"])
     spec = parse_spec("aes-xts-plain64")
-    backend = backends.create(backend_name, spec, bytearray(key))
+    name, options = backend_variant
+    backend = backends.create(name, spec, bytearray(key), options)
     tweak = IV_MODES["plain64"].generator(key, None)(v["data_unit_sequence_number"])
     assert tweak.hex() == v["tweak"]
     plaintext, ciphertext = bytes.fromhex(v["plaintext"]), bytes.fromhex(v["ciphertext"])
@@ -46,11 +47,12 @@ def test_ieee1619_xts(backend_name, v):
         assert bytes(out) == expected
 
 
-def test_xts_with_equal_key_halves_is_refused_clearly(backend_name):
+def test_xts_with_equal_key_halves_is_refused_clearly(backend_variant):
     # IEEE vector 1 uses an all-zero key.  OpenSSL (and so cryptfs) refuses XTS keys whose
     # halves are equal; the kernel outside FIPS mode accepts them.
+    name, options = backend_variant
     with pytest.raises(BackendError, match="refuses this key"):
-        backends.create(backend_name, parse_spec("aes-xts-plain64"), bytearray(64))
+        backends.create(name, parse_spec("aes-xts-plain64"), bytearray(64), options)
 
 
 SUPPORTED_IV = [v for v in IV if v["ivmode"].split(":")[0] in IV_MODES]
@@ -64,8 +66,8 @@ async def test_cryptsetup_iv_vectors(tmp_path, crypto_path, v):
     daemon = open_plain(image, bytes.fromhex(v["key"]), cipher=v["cipher"],
                         sector_size=v["sector_size"], skip=v["iv_offset"],
                         iv_large_sectors=v["large_iv"], **crypto_path)
-    assert await daemon.device.write(0, bytes(v["data_length"])) == v["data_length"]
-    assert bytes(await daemon.device.read(0, v["data_length"])) == bytes(v["data_length"])
+    assert await daemon.queue.write(0, bytes(v["data_length"])) == v["data_length"]
+    assert bytes(await daemon.queue.read(0, v["data_length"])) == bytes(v["data_length"])
     daemon.close()
     assert hashlib.sha256(image.read_bytes()).hexdigest() == v["out_sha256"]
 

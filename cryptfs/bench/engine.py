@@ -8,17 +8,17 @@
 2. *Where offload pays*: the native engine swept over throughput and setup latency, 128 KiB
    sequential reads, against the plain CPU path (``multidu``) measured in the same run.
 
-Writes ``bench-results/engine-<date>.md`` and ``.png`` (matplotlib) and returns the Markdown.
+Writes ``bench-results/engine-<date>.md``, ``.json`` and ``.png`` (matplotlib) and returns the
+Markdown.
 """
 
 import datetime
-import json
 import os
 import statistics
 import tempfile
 
 from ..mdtable import markdown_table
-from . import fio
+from . import fio, results
 from .targets import BenchImage, CryptfsTarget, cpu_seconds, read_status
 
 #: the documented engine for part 1: a modest accelerator with a real per-job cost
@@ -90,16 +90,13 @@ def study(runtime: float = 5, reps: int = 3, sweep_runtime: float = 3, progress=
             if progress:
                 progress()
     report = _markdown(compare, sweep, overran, runtime, reps, sweep_runtime)
-    os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, f"engine-{datetime.date.today().isoformat()}")
-    with open(stem + ".json", "w") as f:
-        json.dump({"engine": ENGINE, "runtime": runtime, "reps": reps,
-                   "compare": {f"{job} | {label}": samples
-                               for (job, label), samples in compare.items()},
-                   "sweep_mib_s": sweep, "sweep_overrun_share": overran}, f, indent=1)
-    _plot(sweep, stem + ".png")
-    with open(stem + ".md", "w") as f:
-        f.write(report + f"\n![engine sweep]({os.path.basename(stem)}.png)\n")
+    stem = results.fresh_stem(out_dir, f"engine-{datetime.date.today().isoformat()}")
+    results.save(stem, report,
+                 {"engine": ENGINE, "runtime": runtime, "reps": reps,
+                  "compare": {f"{job} | {label}": samples
+                              for (job, label), samples in compare.items()},
+                  "sweep_mib_s": sweep, "sweep_overrun_share": overran},
+                 lambda path: _plot(sweep, path))
     return report
 
 

@@ -1,35 +1,45 @@
 """The multi data unit study (``cryptfs bench multidu``): fio through a mounted device with
-the crypto path as the only variable — per_sector/software, multi_du/software (the generic
-auto-splitter), multi_du/multidu (native), and inline vs offload for the native path — for
-128 KiB sequential reads and writes, 4 KiB random reads (QD1), and 128 KiB random reads with
-4 jobs (where offloading to threads could overlap work), at 512- and 4096-byte sectors.
+the crypto path as the only variable — per_sector vs multi_du on the same native backend
+(``multidu``: the ratio is the per-request overhead alone), the same on ``software`` (one
+cipher call per unit either way: multi_du there is the generic auto-splitter), and inline vs
+offload for the native path — for 128 KiB sequential reads and writes, 4 KiB random reads
+(QD1), and 128 KiB random reads with 4 jobs (where offloading to threads could overlap work),
+at 512- and 4096-byte sectors.
 
 Runs are interleaved (every target once per repetition, in turn) so drift on a shared machine
-hits them alike; the report gives medians, the ratio to per_sector/software, and the daemon's
-CPU seconds per GiB moved (utime+stime from /proc).
+hits them alike; the report gives medians, each path's ratio to per_sector on the same backend,
+and the daemon's CPU seconds per GiB moved (utime+stime from /proc).  Writes
+``bench-results/multidu-<date>.md``, ``.json`` and ``.png``.
 """
 
+import datetime
 import os
 import statistics
 import tempfile
 from dataclasses import dataclass
 
 from ..mdtable import markdown_table
-from . import fio
+from . import fio, results
 from .targets import BenchImage, CryptfsTarget, cpu_seconds
 
 JOBS = [fio.Job("seq-read-128k", "read", "128k"), fio.Job("seq-write-128k", "write", "128k"),
         fio.Job("rand-read-4k", "randread", "4k"),
         # offload can only pay off with requests in flight at once
         fio.Job("rand-read-128k-4jobs", "randread", "128k", numjobs=4)]
-BASELINE = "per_sector/software"
 
 
 def targets(sector_size: int) -> list[CryptfsTarget]:
-    return [CryptfsTarget(BASELINE, "software", "per_sector", False, sector_size),
+    """Labels are mode/backend; each is compared with per_sector/<its backend>."""
+    return [CryptfsTarget("per_sector/software", "software", "per_sector", False, sector_size),
             CryptfsTarget("multi_du/software", "software", "multi_du", False, sector_size),
+            CryptfsTarget("per_sector/multidu", "multidu", "per_sector", False, sector_size),
             CryptfsTarget("multi_du/multidu", "multidu", "multi_du", False, sector_size),
             CryptfsTarget("multi_du/multidu offload", "multidu", "multi_du", True, sector_size)]
+
+
+def baseline(label: str) -> str:
+    """The per_sector path on the same backend as ``label``."""
+    return "per_sector/" + label.split("/")[1].split()[0]
 
 
 @dataclass
@@ -68,8 +78,8 @@ def study(runtime: float = 5, reps: int = 3, image_size: int = 256 << 20,
                         samples.setdefault(target.label, []).append(s)
                         if progress:
                             progress()
-                base = statistics.median(s.bw for s in samples[BASELINE])
                 for label, ss in samples.items():
+                    base = statistics.median(s.bw for s in samples[baseline(label)])
                     bw = statistics.median(s.bw for s in ss)
                     rows.append({"sector": sector_size, "job": job.name, "target": label,
                                  "MiB/s": bw / 2**20,
@@ -81,9 +91,47 @@ def study(runtime: float = 5, reps: int = 3, image_size: int = 256 << 20,
     return rows
 
 
+def save(rows: list[dict], header: str, out_dir: str = "bench-results") -> str:
+    """Write the report, its rows and its plot; the report's Markdown."""
+    report = header + markdown(rows)
+    stem = results.fresh_stem(out_dir, f"multidu-{datetime.date.today().isoformat()}")
+    results.save(stem, report, {"rows": rows}, lambda path: _plot(rows, path))
+    return report
+
+
+def _plot(rows: list[dict], path: str) -> None:
+    """× per_sector on the same backend, per job, one panel per sector size."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sectors = sorted({r["sector"] for r in rows})
+    jobs = list(dict.fromkeys(r["job"] for r in rows))
+    labels = [t.label for t in targets(512) if t.label != baseline(t.label)]
+    width = 0.8 / len(labels)
+    fig, axes = plt.subplots(1, len(sectors), figsize=(6 * len(sectors), 4.5), squeeze=False)
+    for ax, sector in zip(axes[0], sectors):
+        cell = {(r["job"], r["target"]): r["vs baseline"] for r in rows if r["sector"] == sector}
+        for i, label in enumerate(labels):
+            ax.bar([j + i * width for j in range(len(jobs))],
+                   [cell.get((job, label), 0) for job in jobs], width, label=label)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks([j + width * (len(labels) - 1) / 2 for j in range(len(jobs))], jobs,
+                      rotation=20, ha="right")
+        ax.set_title(f"{sector}-byte sectors")
+        ax.set_ylabel("× per_sector on the same backend (median)")
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Multi data unit requests: throughput relative to one request per sector")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def markdown(rows: list[dict]) -> str:
     return markdown_table(
-        ["sector", "job", "path", "MiB/s (min–max)", "IOPS", "CPU s/GiB", "× per_sector"],
+        ["sector", "job", "path", "MiB/s (min–max)", "IOPS", "CPU s/GiB",
+         "× per_sector (same backend)"],
         ([r["sector"], r["job"], r["target"],
           f"{r['MiB/s']:.1f} ({r['min']:.0f}–{r['max']:.0f})", f"{r['IOPS']:.0f}",
           f"{r['CPU s/GiB']:.2f}", f"{r['vs baseline']:.2f}"] for r in rows),

@@ -7,11 +7,10 @@ The image is made by qemu-img (LUKS1, aes-xts-plain64, 512-byte sectors).  Each 
 mounts every target in turn and runs every job on it, so drift on a shared machine spreads over
 all of them; the report gives medians and min–max, each cryptfs path's ratio to qemu and to the
 ceiling, and each daemon's CPU seconds per GiB.  Results go to ``bench-results/<date>.md``,
-``.json`` and ``.png``.
+``.json`` and ``.png`` (``<date>-2`` for a second run that day).
 """
 
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -19,7 +18,7 @@ import subprocess
 import tempfile
 
 from ..mdtable import markdown_table
-from . import fio
+from . import fio, results
 from .targets import BenchImage, CryptfsTarget, PassthroughTarget, QemuTarget, cpu_seconds
 
 PASSPHRASE_BYTES = 24
@@ -87,14 +86,11 @@ def run(runtime: float = 3, reps: int = 3, quick: bool = False, out_dir: str = "
             "runtime_s": runtime, "reps": reps, "quick": quick,
             "command": "cryptfs bench peers" + (" --quick" if quick else "")}
     report = _markdown(summary, jobs, chosen, meta)
-    os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, datetime.date.today().isoformat() + ("-quick" if quick else ""))
-    with open(stem + ".json", "w") as f:
-        json.dump({"meta": meta, "results": summary,
-                   "samples": {f"{j} | {t}": s for (j, t), s in samples.items()}}, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(report + f"\n\n![ratios to qemu]({os.path.basename(stem)}.png)\n")
-    _plot(summary, jobs, chosen, stem + ".png")
+    stem = results.fresh_stem(out_dir, datetime.date.today().isoformat() +
+                              ("-quick" if quick else ""))
+    results.save(stem, report, {"meta": meta, "results": summary,
+                                "samples": {f"{j} | {t}": s for (j, t), s in samples.items()}},
+                 lambda path: _plot(summary, jobs, chosen, path))
     return report, summary
 
 
@@ -144,24 +140,29 @@ def _markdown(summary, jobs, chosen, meta) -> str:
 
 
 def _plot(summary, jobs, chosen, path: str) -> None:
+    """Each target's median relative to qemu, per job, on a log scale (1 = qemu); the no-crypto
+    ceiling is a marker, not a bar, so its 5-15× does not squash the others."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [t.label for t in chosen]
-    width = 0.8 / len(labels)
+    bars = [t.label for t in chosen if t.label not in (QEMU, CEILING)]
+    width = 0.8 / len(bars)
     fig, ax = plt.subplots(figsize=(max(7, 1.4 * len(jobs)), 4.8))
-    for i, label in enumerate(labels):
+    for i, label in enumerate(bars):
         ax.bar([j + i * width for j in range(len(jobs))],
                [summary[job.name]["targets"][label]["vs_qemu"] for job in jobs], width,
                label=label)
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_xticks([j + width * (len(labels) - 1) / 2 for j in range(len(jobs))],
-                  [job.name for job in jobs], rotation=25, ha="right")
-    ax.set_ylabel("× qemu-storage-daemon (median)")
+    centres = [j + width * (len(bars) - 1) / 2 for j in range(len(jobs))]
+    ax.scatter(centres, [summary[job.name]["targets"][CEILING]["vs_qemu"] for job in jobs],
+               marker="_", s=900, linewidths=2.5, color="black", zorder=3, label=CEILING)
+    ax.axhline(1.0, color="dimgray", linewidth=1, linestyle="--", label=QEMU)
+    ax.set_yscale("log")
+    ax.set_xticks(centres, [job.name for job in jobs], rotation=25, ha="right")
+    ax.set_ylabel("× qemu-storage-daemon (median, log scale)")
     ax.set_title("fio through each device, relative to qemu-storage-daemon")
     ax.legend(fontsize=7)
-    ax.grid(True, axis="y", alpha=0.3)
+    ax.grid(True, axis="y", which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

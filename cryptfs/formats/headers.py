@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Callable
 
 from ..errors import ConfigError, CryptfsError, FormatError, ImageError
-from . import luks, luks1
+from . import luks, luks1, luks2_validate
 from .keyslot_area import padded
 from .keyslots import Loaded, editing, load
 from .lock import Holder, MetadataLock
@@ -25,7 +25,7 @@ def backup_size(loaded: Loaded) -> int:
     header copies and the key slot area."""
     h = loaded.header
     if loaded.version == "luks2":
-        return 2 * h.hdr_size + h.keyslots_size
+        return luks2_validate.hdr_and_areas_size(h.metadata)
     return max(ks.material_offset * 512 for ks in h.keyslots) + \
         padded(h.key_bytes * luks1.STRIPES)
 

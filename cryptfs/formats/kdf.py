@@ -33,7 +33,7 @@ class Kdf:
         """FormatError unless the parameters are ones cryptfs will run."""
         if self.kind == "pbkdf2":
             if not self.hash or self.hash not in hashlib.algorithms_available:
-                raise FormatError(f"PBKDF2 hash '{self.hash}' is not available")
+                raise FormatError(f"PBKDF2 hash {self.hash!r} is not available")
             if not 1 <= self.iterations <= PBKDF2_MAX_ITERATIONS:
                 raise FormatError(f"PBKDF2 iterations {self.iterations} out of range")
         elif self.kind in ("argon2i", "argon2id"):
@@ -45,7 +45,7 @@ class Kdf:
             if not 1 <= self.parallel <= ARGON2_MAX_PARALLEL:
                 raise FormatError(f"{self.kind} parallelism {self.parallel} out of range")
         else:
-            raise FormatError(f"key derivation '{self.kind}' is not supported "
+            raise FormatError(f"key derivation {self.kind!r} is not supported "
                               f"(supported: {', '.join(KINDS)})")
 
     def describe(self) -> str:
@@ -69,6 +69,17 @@ class Kdf:
                                   self.parallel, length, Type.I)
         del secret
         return Secret(out)
+
+
+def new_hash(name: str):
+    """A hashlib object for hash ``name`` as cryptsetup's OpenSSL backend names it (``sha256``,
+    ``SHA1``, ``blake2b-512``...); None if there is no such fixed-size hash here."""
+    name = {"blake2b-512": "blake2b512", "blake2s-256": "blake2s256"}.get(name.lower(), name)
+    try:
+        h = hashlib.new(name)
+    except (ValueError, TypeError, UnicodeError):
+        return None
+    return h if h.digest_size else None
 
 
 def pbkdf2_digest(hash_name: str, key: Secret | bytes, salt: bytes, iterations: int,

@@ -24,9 +24,16 @@ def read_material(read_at, offset: int, length: int, what: str) -> bytes:
     return raw
 
 
+def header_spec(cipher: str):
+    """The spec a header names (``parse_spec``), refused in one line however hostile."""
+    if not cipher.isprintable():
+        raise FormatError(f"cipher {cipher!r} is not supported")
+    return parse_spec(cipher)
+
+
 def crypt_area(op: Op, cipher: str, key: Secret, data: bytes | bytearray) -> bytearray:
     """Encrypt or decrypt ``data`` (whole 512-byte sectors) of a key slot area."""
-    spec = parse_spec(cipher)
+    spec = header_spec(cipher)
     spec.check_key_bits(len(key) * 8)
     try:
         unit = UnitCipher(spec.mode, key.buffer)

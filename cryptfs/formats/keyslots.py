@@ -26,7 +26,7 @@ from backends.base import Op
 
 from ..errors import BusyError, CryptfsError, FormatError
 from ..keys import Secret
-from . import af, luks, luks1, luks2
+from . import af, luks, luks1, luks2, luks2_validate
 from .kdf import Kdf
 from .keyslot_area import crypt_area, padded
 from .lock import Holder, MetadataLock
@@ -49,7 +49,7 @@ class Loaded:
         """Active key slot numbers."""
         if self.module is luks1:
             return [i for i, ks in enumerate(self.header.keyslots) if ks.active]
-        return sorted(int(k) for k in self.header.metadata["keyslots"])
+        return sorted(luks2_validate.atoi(k) for k in self.header.metadata["keyslots"])
 
 
 
@@ -160,26 +160,10 @@ class Luks1Slots(Slots):
 
     def _enable(self, f: WritableHeader, slot: int, sealed: bytes, iterations: int,
                 salt: bytes) -> None:
-        ks = self._checked_area(slot)
+        ks = self.loaded.header.keyslots[slot]     # every slot's area validated on reading
         f.write(ks.material_offset * 512, sealed)
         self._write(f, slot, replace(ks, active=True, iterations=iterations, salt=salt,
                                      stripes=luks1.STRIPES))
-
-    def _checked_area(self, slot: int) -> luks1.Keyslot:
-        """The slot, if its (unused) area lies after the header, before the payload and
-        apart from every other slot's; FormatError otherwise (a damaged or hostile header)."""
-        h = self.loaded.header
-
-        def span(ks):
-            return ks.material_offset * 512, ks.material_offset * 512 + \
-                padded(h.key_bytes * luks1.STRIPES)
-        start, end = span(h.keyslots[slot])
-        others = [span(ks) for i, ks in enumerate(h.keyslots) if i != slot]
-        if start < luks1.HEADER_SIZE or (h.payload_offset and end > h.payload_offset * 512) or \
-                any(start < b and a < end for a, b in others):
-            raise FormatError(f"LUKS1 key slot {slot}'s area ({start}..{end}) overlaps the "
-                              "header, the payload or another slot")
-        return h.keyslots[slot]
 
     def _write(self, f: WritableHeader, slot: int, ks: luks1.Keyslot) -> None:
         h = self.loaded.header
@@ -189,7 +173,7 @@ class Luks1Slots(Slots):
 
 
 class Luks2Slots(Slots):
-    MAX = luks2.MAX_KEYSLOTS
+    MAX = 32                    # cryptsetup's LUKS2_KEYSLOTS_MAX
 
     def __init__(self, loaded: Loaded):
         super().__init__(loaded)
@@ -218,29 +202,31 @@ class Luks2Slots(Slots):
                af_hash: str, keep_slot: bool) -> int:
         """``slot`` opens with ``passphrase`` instead (LUKS2 always keeps the slot id)."""
         meta = self._begin(f)
-        old = meta["keyslots"][str(slot)]
+        name = _named(meta["keyslots"], slot)
+        old = meta["keyslots"][name]
         new = self._sealed_slot(f, meta, key, passphrase, kdf, af_hash)
         if "priority" in old:
             new["priority"] = old["priority"]
-        meta["keyslots"][str(slot)] = new
+        meta["keyslots"][name] = new
         self._commit(meta)
         self._wipe(f, old)
         return slot
 
     def remove(self, f: WritableHeader, slot: int) -> None:
         meta = self._begin(f)
-        old = meta["keyslots"].pop(str(slot))
+        old = meta["keyslots"].pop(_named(meta["keyslots"], slot))
         for group in ("digests", "tokens"):
             for item in meta.get(group, {}).values():
-                if isinstance(item, dict) and str(slot) in item.get("keyslots", []):
-                    item["keyslots"].remove(str(slot))
+                if isinstance(item, dict) and isinstance(item.get("keyslots"), list):
+                    item["keyslots"] = [k for k in item["keyslots"] if not _names(k, slot)]
         self._commit(meta)
         self._wipe(f, old)
 
     def _digest_of(self, meta: dict, slot: int) -> dict:
-        sid = str(self.loaded.header.segment_id)
+        sid = self.loaded.header.segment_id
         for digest in meta["digests"].values():
-            if str(slot) in digest.get("keyslots", []) and sid in digest.get("segments", []):
+            if any(_names(k, slot) for k in digest.get("keyslots", [])) and \
+                    any(_names(k, sid) for k in digest.get("segments", [])):
                 return digest
         raise FormatError(f"LUKS2 key slot {slot} has no digest of the data segment")
 
@@ -266,7 +252,7 @@ class Luks2Slots(Slots):
             if offset + size <= start:
                 break
             offset = max(offset, start + length)
-        if offset + size > 2 * h.hdr_size + h.keyslots_size:
+        if offset + size > luks2_validate.hdr_and_areas_size(meta):
             raise CryptfsError("no free space in the LUKS2 key slot area; remove a key slot "
                                "first (luksKillSlot)")
         return offset, size
@@ -275,6 +261,17 @@ class Luks2Slots(Slots):
         offset, length = _area(keyslot)
         if length:
             f.wipe(offset, length)
+
+
+def _names(key, number: int) -> bool:
+    """Whether a JSON id (a numbered string) names ``number``, read as cryptsetup reads it."""
+    return isinstance(key, str) and luks2_validate.numbered(key) and \
+        luks2_validate.atoi(key) == number
+
+
+def _named(section: dict, number: int) -> str:
+    """The key of ``section`` that names ``number``."""
+    return next(k for k in section if _names(k, number))
 
 
 def _area(keyslot: dict) -> tuple[int, int]:

@@ -8,10 +8,11 @@ from ..config import PLAIN_ONLY, Config
 from ..errors import ConfigError, FormatError, ImageError
 from ..geometry import SECTOR, Geometry
 from ..image import Image
+from ..keys import Secret
 from ..progress import progress
 from ..spec import parse_spec
 from ..volume import KeySource, Volume
-from . import luks1, luks2
+from . import luks1, luks2, luks2_validate, signatures
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +53,41 @@ def detect(read_at) -> str | None:
 
 
 def read_header(hdr: HeaderFile, wanted: str = "luks"):
-    """(module, header) for the LUKS header in ``hdr``; FormatError if there is none or it is
-    not the ``wanted`` version.  LUKS2 copy damage is logged as a warning."""
+    """(module, header) for the LUKS header in ``hdr``, validated as cryptsetup validates it;
+    FormatError if there is none, it is invalid, or it is not the ``wanted`` version.  A
+    damaged or outdated LUKS2 copy is logged as a warning — unless blkid finds another
+    signature on the file, which is refused as cryptsetup refuses it."""
     version = detect(hdr.read_at)
     if version is None:
         raise FormatError(f"{hdr.path} is not a LUKS image (for plain dm-crypt use --type plain)")
     if wanted not in ("luks", version):
         raise FormatError(f"{hdr.path} is {version.upper()}, not {wanted.upper()}")
     if version == "luks1":
-        return luks1, luks1.parse(hdr.read_at(0, luks1.HEADER_SIZE))
+        return luks1, luks1.read(hdr.read_at)
     header = luks2.read(hdr.read_at)
+    if header.damaged:
+        other = signatures.foreign_signature(hdr.path)
+        if other:
+            raise FormatError(f"{hdr.path} holds a {other} signature and its {header.damaged} "
+                              "LUKS2 header is damaged: Device contains ambiguous signatures, "
+                              "cannot auto-recover LUKS2. Please run \"cryptsetup repair\" "
+                              "for recovery.")
     for warning in header.warnings:
         log.warning("%s: %s", hdr.path, warning)
     return luks2, header
+
+
+def check_layout(module, header, header_path: str, image: Image) -> None:
+    """FormatError where the data area would start over the header, as ``cryptsetup open``
+    refuses it: a data offset of 0 needs a detached header."""
+    if module is luks1:
+        field, offset = "LUKS1 payload offset", header.payload_offset
+    else:
+        field, offset = "LUKS2 segment 0 offset", header.segment.offset
+    if offset == 0 and os.path.samefile(header_path, image.path):
+        raise FormatError(f"Device header overlaps with data area: the {field} is 0 and the "
+                          f"header is in {image.path} (a data offset of 0 needs a detached "
+                          "header, --header)")
 
 
 def unlock(module, header, hdr: HeaderFile, keys: KeySource, slot: int | None):
@@ -77,6 +100,25 @@ def unlock(module, header, hdr: HeaderFile, keys: KeySource, slot: int | None):
         passphrase.wipe()
 
 
+def volume_key_dump(module, header, path: str, key: Secret) -> str:
+    """What ``cryptsetup luksDump --dump-volume-key`` prints: the cipher, the data offset, the
+    UUID and the key, 16 bytes a line."""
+    if module is luks1:
+        name, mode, offset = header.cipher_name, header.cipher_mode, header.payload_offset
+    else:
+        name, _, mode = (header.segment.encryption if header.segment else "null").partition("-")
+        offset = luks2_validate.min_segment_offset(header.metadata["segments"]) // SECTOR
+    key_hex = [f"{b:02x} " for b in key.buffer]
+    rows = ["".join(key_hex[i:i + 16]) for i in range(0, len(key_hex), 16)]
+    return (f"LUKS header information for {path}\n"
+            f"Cipher name:   \t{name}\n"
+            f"Cipher mode:   \t{mode}\n"
+            f"Payload offset:\t{offset}\n"
+            f"UUID:          \t{header.uuid}\n"
+            f"MK bits:       \t{len(key) * 8}\n"
+            "MK dump:\t" + "\n\t\t".join(rows) + "\n")
+
+
 def open_luks(image: Image, config: Config, keys: KeySource) -> Volume:
     for (section, key), flag in PLAIN_ONLY.items():
         if (section, key) in config.explicit:
@@ -84,6 +126,8 @@ def open_luks(image: Image, config: Config, keys: KeySource) -> Volume:
     slot = None if config.device.key_slot < 0 else config.device.key_slot
     with HeaderFile(config.device.header or image.path) as hdr:
         module, header = read_header(hdr, config.device.type)
+        module.check_supported(header)
+        check_layout(module, header, hdr.path, image)
         key, used = unlock(module, header, hdr, keys, slot)
         header_path = os.path.abspath(hdr.path)
     if module is luks1:

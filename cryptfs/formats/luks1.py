@@ -33,8 +33,8 @@ from ..errors import FormatError, KeyMaterialError, SpecError, WrongPassphrase
 from ..keys import Secret
 from ..spec import parse_spec
 from . import af
-from .kdf import Kdf, pbkdf2_digest
-from .keyslot_area import crypt_area, padded, read_material
+from .kdf import Kdf, new_hash, pbkdf2_digest
+from .keyslot_area import crypt_area, header_spec, padded, read_material
 
 MAGIC = b"LUKS\xba\xbe"
 VERSION = 1
@@ -48,7 +48,6 @@ MK_DIGEST_SIZE = 20
 STRIPES = 4000
 ALIGN_SECTORS = 8              # key material is 4 KiB aligned
 PAYLOAD_ALIGN_SECTORS = 2048   # the payload starts on a 1 MiB boundary
-_MAX_STRIPES = 1 << 16         # beyond any real image; guards against hostile headers
 
 ReadAt = Callable[[int, int], bytes]
 
@@ -80,56 +79,96 @@ class Luks1Header:
         return f"{self.cipher_name}-{self.cipher_mode}"
 
     def material_sectors(self) -> int:
+        """Sectors of one key slot's material (cryptsetup's AF_split_sectors)."""
         return padded(self.key_bytes * STRIPES) // 512
 
     def pack(self) -> bytes:
-        out = PHDR.pack(MAGIC, VERSION, self.cipher_name.encode(), self.cipher_mode.encode(),
-                        self.hash.encode(), self.payload_offset, self.key_bytes, self.mk_digest,
-                        self.mk_salt, self.mk_iterations, self.uuid.encode())
+        def raw(text: str) -> bytes:
+            return text.encode("utf-8", "surrogateescape")
+        out = PHDR.pack(MAGIC, VERSION, raw(self.cipher_name), raw(self.cipher_mode),
+                        raw(self.hash), self.payload_offset, self.key_bytes, self.mk_digest,
+                        self.mk_salt, self.mk_iterations, raw(self.uuid))
         for ks in self.keyslots:
             out += KEYSLOT.pack(SLOT_ACTIVE if ks.active else SLOT_INACTIVE, ks.iterations,
                                 ks.salt, ks.material_offset, ks.stripes)
         return out
 
 
-def _text(raw: bytes, field: str) -> str:
-    text = raw.split(b"\0", 1)[0]
-    try:
-        return text.decode("ascii")
-    except UnicodeDecodeError:
-        raise FormatError(f"LUKS1 header field {field} is not ASCII") from None
+def _text(raw: bytes) -> str:
+    """A NUL-padded field as C reads it: up to the first NUL, never its last byte."""
+    return raw[:-1].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
 def parse(data: bytes) -> Luks1Header:
-    """Parse and sanity-check a phdr; FormatError (or SpecError) if it is not one we can use."""
+    """A phdr checked as cryptsetup 2.6 checks it (lib/luks1/keymanage.c): magic, version, a
+    hash whose HMAC is at least 20 bytes, and all eight key slots — 4000 stripes, key material
+    past the phdr, below the payload, not overlapping.  FormatError naming the field otherwise.
+    Whether cryptfs can run the cipher is :func:`check_supported`'s question."""
     if len(data) < HEADER_SIZE:
         raise FormatError(f"LUKS1 header truncated ({len(data)} of {HEADER_SIZE} bytes)")
     (magic, version, name, mode, hash_, payload, key_bytes, digest, salt, mk_iter,
      uuid) = PHDR.unpack_from(data)
-    if magic != MAGIC or version != VERSION:
+    if magic != MAGIC:
         raise FormatError("not a LUKS1 header")
+    if version != VERSION:
+        raise FormatError(f"LUKS1 header version {version} is not supported")
     slots = []
     for i in range(KEYSLOTS):
-        active, iters, ks_salt, offset, stripes = KEYSLOT.unpack_from(
+        state, iters, ks_salt, offset, stripes = KEYSLOT.unpack_from(
             data, PHDR.size + i * KEYSLOT.size)
-        if active not in (SLOT_ACTIVE, SLOT_INACTIVE):
-            raise FormatError(f"LUKS1 key slot {i} has an invalid state {active:#x}")
-        slots.append(Keyslot(active == SLOT_ACTIVE, iters, ks_salt, offset, stripes))
-    header = Luks1Header(_text(name, "cipher-name"), _text(mode, "cipher-mode"),
-                         _text(hash_, "hash-spec"), payload, key_bytes, digest, salt, mk_iter,
-                         _text(uuid, "uuid"), tuple(slots))
-    spec = parse_spec(header.cipher)
-    spec.check_key_bits(key_bytes * 8)
-    Kdf("pbkdf2", salt, max(mk_iter, 1), header.hash).check()
-    for i, ks in enumerate(header.keyslots):
-        if not ks.active:
-            continue
-        if not 1 <= ks.stripes <= _MAX_STRIPES or ks.iterations == 0:
-            raise FormatError(f"LUKS1 key slot {i} has invalid parameters")
-        end = ks.material_offset + padded(key_bytes * ks.stripes) // 512
-        if ks.material_offset * 512 < HEADER_SIZE or (payload and end > payload):
-            raise FormatError(f"LUKS1 key slot {i} material overlaps the header or the payload")
+        slots.append(Keyslot(state == SLOT_ACTIVE, iters, ks_salt, offset, stripes))
+    header = Luks1Header(_text(name), _text(mode), _text(hash_), payload, key_bytes, digest,
+                         salt, mk_iter, _text(uuid), tuple(slots))
+    hash_bytes = getattr(new_hash(header.hash), "digest_size", 0)
+    if hash_bytes < MK_DIGEST_SIZE:
+        raise FormatError(f"LUKS1 hash-spec {header.hash!r} is not a hash of at least "
+                          f"{MK_DIGEST_SIZE} bytes here")
+    _check_keyslots(header)
+    if not key_bytes:
+        raise FormatError("LUKS1 key-bytes is 0")
     return header
+
+
+def _check_keyslots(header: Luks1Header) -> None:
+    """cryptsetup's LUKS_check_keyslots, with its 32-bit sector arithmetic."""
+    sectors = header.material_sectors() & 0xFFFFFFFF
+    payload = header.payload_offset
+    for i, ks in enumerate(header.keyslots):
+        where = f"LUKS1 key slot {i}"
+        if ks.stripes != STRIPES:
+            raise FormatError(f"{where} has {ks.stripes} AF stripes (must be {STRIPES})")
+        if ks.material_offset * 512 & 0xFFFFFFFF < HEADER_SIZE:
+            raise FormatError(f"{where} key material offset {ks.material_offset} is inside "
+                              "the header")
+        if payload and (payload <= ks.material_offset or
+                        payload < (ks.material_offset + sectors) & 0xFFFFFFFF):
+            raise FormatError(f"{where} key material [{ks.material_offset}, "
+                              f"{ks.material_offset + sectors}) reaches the payload at "
+                              f"sector {payload}")
+    ordered = sorted(range(KEYSLOTS), key=lambda i: header.keyslots[i].material_offset)
+    for prev, nxt in zip(ordered, ordered[1:]):
+        a, b = header.keyslots[prev].material_offset, header.keyslots[nxt].material_offset
+        if b < (a + sectors) & 0xFFFFFFFF:
+            raise FormatError(f"LUKS1 key slot {prev} key material [{a}, {a + sectors}) "
+                              f"overlaps key slot {nxt}'s at {b}")
+
+
+def read(read_at: ReadAt) -> Luks1Header:
+    """:func:`parse` the phdr, and check the file holds every key slot's material."""
+    header = parse(read_at(0, HEADER_SIZE))
+    need = (max(ks.material_offset for ks in header.keyslots) + header.material_sectors()) * 512
+    if len(read_at(need - 1, 1)) < 1:
+        raise FormatError(f"the file is too small: LUKS1 requires at least {need} bytes "
+                          "(the header and its key material)")
+    return header
+
+
+def check_supported(header: Luks1Header) -> None:
+    """SpecError or FormatError for a valid phdr cryptfs cannot open: the cipher, its key
+    size, the volume key digest's parameters."""
+    spec = header_spec(header.cipher)
+    spec.check_key_bits(header.key_bytes * 8)
+    Kdf("pbkdf2", header.mk_salt, header.mk_iterations, header.hash).check()
 
 
 def unlock(header: Luks1Header, read_at: ReadAt, passphrase: Secret,
@@ -191,16 +230,16 @@ def create(key: Secret, cipher: str, passphrase: Secret, kdf: Kdf, digest_iterat
     return header, writes
 
 
-def dump(header: Luks1Header) -> str:
-    """What ``cryptsetup luksDump`` shows for a LUKS1 header."""
+def dump(header: Luks1Header, path: str) -> str:
+    """What ``cryptsetup luksDump PATH`` prints for a LUKS1 header."""
     lines = [
-        "LUKS header information", "",
+        f"LUKS header information for {path}", "",
         "Version:       \t1",
         f"Cipher name:   \t{header.cipher_name}",
         f"Cipher mode:   \t{header.cipher_mode}",
         f"Hash spec:     \t{header.hash}",
         f"Payload offset:\t{header.payload_offset}",
-        f"MK bits:       \t{header.key_bytes * 8}",
+        f"MK bits:       \t{header.key_bytes * 8 & 0xFFFFFFFF}",
         f"MK digest:     \t{_hex(header.mk_digest)}",
         f"MK salt:       \t{_hex(header.mk_salt[:16])}",
         f"               \t{_hex(header.mk_salt[16:])}",
@@ -217,7 +256,7 @@ def dump(header: Luks1Header) -> str:
                   f"\t                      \t{_hex(ks.salt[16:])}",
                   f"\tKey material offset:\t{ks.material_offset}",
                   f"\tAF stripes:            \t{ks.stripes}"]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def _hex(data: bytes) -> str:

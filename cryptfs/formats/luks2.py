@@ -31,17 +31,19 @@ import os
 import struct
 import uuid as uuidlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 from backends.base import Op
 
-from ..errors import FormatError, KeyMaterialError, WrongPassphrase
-from ..geometry import SECTOR, check_sector_size
+from ..errors import CryptfsError, FormatError, KeyMaterialError, WrongPassphrase
+from ..geometry import check_sector_size
 from ..keys import Secret
 from ..spec import parse_spec
-from . import af
-from .kdf import Kdf, pbkdf2_digest
-from .keyslot_area import crypt_area, padded, read_material
+from . import af, jsonc, luks2_dump, luks2_validate
+from .jsonc import get_int
+from .kdf import PBKDF2_MAX_ITERATIONS, Kdf, new_hash, pbkdf2_digest
+from .keyslot_area import crypt_area, header_spec, padded, read_material
+from .luks2_validate import b64decode, uint64
 
 MAGIC_PRIMARY, MAGIC_SECONDARY = b"LUKS\xba\xbe", b"SKUL\xba\xbe"
 VERSION = 2
@@ -53,7 +55,6 @@ KEYSLOTS_OFFSET = 2 * HDR_SIZES[0]                       # after both 16 KiB cop
 DATA_OFFSET = 16 << 20                                   # cryptsetup's default
 STRIPES = 4000
 AREA_ALIGN = 4096
-MAX_KEYSLOTS = 32
 DIGEST_SIZE = SALT_SIZE = 32
 
 ReadAt = Callable[[int, int], bytes]
@@ -70,7 +71,7 @@ class Keyslot:
     area_encryption: str
     area_key_size: int
     kdf: Kdf
-    priority: int = 1         # 0 ignore, 1 normal, 2 high
+    priority: int = 1         # 0 ignore, 1 normal, 2 preferred (cryptsetup tries 2, then 1)
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,9 @@ class Digest:
 
 @dataclass
 class Luks2Header:
+    """A header copy cryptsetup accepts.  ``metadata`` is its JSON; ``keyslots`` and
+    ``digests`` are the ones cryptfs can use (``unusable`` says why the other luks2 key slots
+    are not); ``segment`` is crypt segment 0 (None if segment 0 is not a crypt segment)."""
     hdr_size: int
     seqid: int
     uuid: str
@@ -102,195 +106,211 @@ class Luks2Header:
     metadata: dict
     keyslots: dict[int, Keyslot]
     segment_id: int
-    segment: Segment
+    segment: Segment | None
     digests: list[Digest]
     keyslots_size: int
     warnings: list[str] = field(default_factory=list)
+    subsystem: str = ""
+    damaged: str | None = None          # "primary" or "secondary": that copy is not valid
+    unusable: dict[int, str] = field(default_factory=dict)
 
 
 # --- reading -----------------------------------------------------------------------------
 
 def _text(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("ascii", errors="replace")
+    """A NUL-terminated field (its last byte always ends it, as in cryptsetup)."""
+    return raw[:-1].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
-def _read_copy(read_at: ReadAt, offset: int, magic: bytes) -> tuple[tuple, dict]:
-    """One header copy at ``offset``, checksum verified; FormatError if anything is off."""
+def _read_binary(read_at: ReadAt, offset: int, secondary: bool) -> tuple[tuple, bytes]:
+    """One copy's binary header and whole area, checked as cryptsetup checks them before the
+    JSON: magic, version, offset, size, checksum.  FormatError otherwise."""
+    which = f"{'secondary' if secondary else 'primary'} LUKS2 header at {offset}"
     raw = read_at(offset, BINARY_SIZE)
     if len(raw) < BINARY_SIZE:
-        raise FormatError(f"LUKS2 header at {offset} is truncated")
+        raise FormatError(f"the {which} is truncated")
     fields = BINARY.unpack_from(raw)
-    if fields[0] != magic or fields[1] != VERSION:
-        raise FormatError(f"no LUKS2 header at {offset}")
-    hdr_size, hdr_offset, csum_alg = fields[2], fields[9], _text(fields[5])
-    if hdr_size not in HDR_SIZES or hdr_offset != offset:
-        raise FormatError(f"LUKS2 header at {offset} has an invalid size or offset")
+    magic, version, hdr_size, hdr_offset = fields[0], fields[1], fields[2], fields[9]
+    if magic != (MAGIC_SECONDARY if secondary else MAGIC_PRIMARY):
+        raise FormatError(f"no {which}")
+    if version != VERSION:
+        raise FormatError(f"the {which} has version {version}, not 2")
+    if hdr_offset != offset:
+        raise FormatError(f"the {which} says it is at {hdr_offset}")
+    if not HDR_SIZES[0] <= hdr_size <= HDR_SIZES[-1]:
+        raise FormatError(f"the {which} has a size of {hdr_size} (allowed 16 KiB .. 4 MiB)")
+    if secondary and hdr_size != offset:
+        raise FormatError(f"the {which} has a size of {hdr_size}: it must start where the "
+                          "primary ends")
     area = read_at(offset, hdr_size)
     if len(area) < hdr_size:
-        raise FormatError(f"LUKS2 header at {offset} is truncated")
-    try:
-        h = hashlib.new(csum_alg)
-    except ValueError:
-        raise FormatError(f"LUKS2 checksum algorithm '{csum_alg}' is not available") from None
+        raise FormatError(f"the {which} is truncated")
+    h = new_hash(_text(fields[5]))
+    if h is None:
+        raise FormatError(f"the {which} has checksum algorithm {_text(fields[5])!r}, which "
+                          "is not available")
     h.update(area[:CSUM_OFFSET] + bytes(CSUM_SIZE) + area[CSUM_OFFSET + CSUM_SIZE:])
-    if fields[11] != h.digest() + bytes(CSUM_SIZE - h.digest_size):
-        raise FormatError(f"LUKS2 header at {offset} has a bad checksum")
-    text = area[BINARY_SIZE:].split(b"\0", 1)[0]
+    if fields[11][:h.digest_size] != h.digest():
+        raise FormatError(f"the {which} has a bad checksum")
+    return fields, area
+
+
+def _read_metadata(fields: tuple, area: bytes) -> dict:
+    """The copy's JSON, parsed by json-c and validated as cryptsetup does."""
+    where = f"{'secondary' if fields[0] == MAGIC_SECONDARY else 'primary'} LUKS2 header"
     try:
-        metadata = json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise FormatError(f"LUKS2 header at {offset} holds invalid JSON") from None
-    if not isinstance(metadata, dict):
-        raise FormatError(f"LUKS2 header at {offset} holds invalid JSON")
-    return fields, metadata
+        meta, compact = jsonc.parse_area(area[BINARY_SIZE:])
+        luks2_validate.validate(meta, len(area) - BINARY_SIZE, compact)
+    except FormatError as e:
+        raise FormatError(f"the {where}: {e}") from None
+    return meta
 
 
 def read(read_at: ReadAt) -> Luks2Header:
-    """Both header copies, the newer valid one interpreted; warns if one copy is damaged."""
-    copies, errors = [], []
+    """The LUKS2 header, each copy validated on its own as cryptsetup does; the valid copy with
+    the higher seqid is used.  ``damaged`` names a copy that is invalid or older, and a warning
+    says so.  FormatError if neither copy is valid or the header file is too small."""
+    copies, errors, offsets = {}, {}, HDR_SIZES
     try:
-        copies.append(_read_copy(read_at, 0, MAGIC_PRIMARY))
+        fields, area = _read_binary(read_at, 0, secondary=False)
     except FormatError as e:
-        errors.append(str(e))
-    offsets = [copies[0][0][2]] if copies else list(HDR_SIZES)
+        errors["primary"] = str(e)
+    else:
+        offsets = (fields[2],)          # where the primary says the secondary is
+        try:
+            copies["primary"] = (fields, _read_metadata(fields, area))
+        except FormatError as e:
+            errors["primary"] = str(e)
     for offset in offsets:
         try:
-            copies.append(_read_copy(read_at, offset, MAGIC_SECONDARY))
-            break
+            fields, area = _read_binary(read_at, offset, secondary=True)
         except FormatError as e:
-            if copies:
-                errors.append(str(e))
+            if len(offsets) == 1 or not str(e).startswith("no "):
+                errors.setdefault("secondary", str(e))
+            continue
+        errors.pop("secondary", None)
+        try:
+            copies["secondary"] = (fields, _read_metadata(fields, area))
+        except FormatError as e:
+            errors["secondary"] = str(e)
+        break
+    if "secondary" not in copies and "secondary" not in errors:
+        errors["secondary"] = "no secondary LUKS2 header at any of the known offsets"
     if not copies:
-        raise FormatError("both LUKS2 headers are damaged (" + "; ".join(errors) + ")")
-    fields, metadata = max(copies, key=lambda c: c[0][3])      # the higher seqid
-    header = _interpret(fields, metadata)
-    if len(copies) == 1:
-        which = "secondary" if copies[0][0][0] == MAGIC_PRIMARY else "primary"
-        header.warnings.append(f"the {which} LUKS2 header is damaged ({errors[0]}); using the "
-                               f"other copy — 'cryptsetup repair' can restore it")
+        reasons = {e.replace("the primary LUKS2 header: ", "").replace(
+            "the secondary LUKS2 header: ", "") for e in errors.values()}
+        raise FormatError("both LUKS2 headers are damaged (" + (
+            f"both: {reasons.pop()}" if len(reasons) == 1 else "; ".join(errors.values())) + ")")
+    if len(copies) == 2:
+        seqids = {name: copy[0][3] for name, copy in copies.items()}
+        older = "secondary" if seqids["primary"] >= seqids["secondary"] else "primary"
+        if seqids["primary"] != seqids["secondary"]:
+            errors[older] = f"its seqid {seqids[older]} is older"
+        del copies[older]
+    fields, meta = next(iter(copies.values()))
+    need = luks2_validate.hdr_and_areas_size(meta)
+    if len(read_at(need - 1, 1)) < 1:
+        raise FormatError(f"the file is too small: its LUKS2 headers and key slots area need "
+                          f"{need} bytes")
+    header = _header(fields, meta)
+    if errors:
+        header.damaged = next(iter(errors))
+        header.warnings.append(f"the {header.damaged} LUKS2 header is damaged "
+                               f"({errors[header.damaged]}); using the other copy — "
+                               "'cryptsetup repair' can restore it")
     return header
 
 
-def _get(obj: Any, key: str, kind: type, where: str) -> Any:
-    if not isinstance(obj, dict) or key not in obj:
-        raise FormatError(f"LUKS2 metadata: {where} lacks '{key}'")
-    value = obj[key]
-    if kind is int and isinstance(value, str) and value.isdigit():
-        value = int(value)              # LUKS2 stores 64-bit numbers as decimal strings
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise FormatError(f"LUKS2 metadata: {where}.{key} has the wrong type")
-    return value
+def _header(fields: tuple, meta: dict) -> Luks2Header:
+    """The typed view of a validated copy: what cryptfs can use of it."""
+    keyslots, unusable = {}, {}
+    for kid, ks in meta["keyslots"].items():
+        if ks["type"] != "luks2":
+            continue
+        slot, problem = _keyslot(int(kid), ks)
+        if problem:
+            unusable[int(kid)] = f"LUKS2 key slot {kid} cannot be used: {problem}"
+        else:
+            keyslots[slot.id] = slot
+    digests = [d for d in map(_digest, meta["digests"].values()) if d]
+    seg = meta["segments"].get("0", {})
+    segment = None
+    if seg.get("type") == "crypt":
+        size = seg["size"]
+        segment = Segment(uint64(seg["offset"]), None if size == "dynamic" else uint64(size),
+                          uint64(seg["iv_tweak"]), seg["encryption"], seg["sector_size"])
+    return Luks2Header(fields[2], fields[3], _text(fields[7]), _text(fields[4]),
+                       _text(fields[5]), meta, keyslots, 0, segment, digests,
+                       uint64(meta["config"]["keyslots_size"]), subsystem=_text(fields[8]),
+                       unusable=unusable)
 
 
-def _b64(obj: Any, key: str, where: str) -> bytes:
-    try:
-        return base64.b64decode(_get(obj, key, str, where), validate=True)
-    except ValueError:
-        raise FormatError(f"LUKS2 metadata: {where}.{key} is not base64") from None
-
-
-def _kdf(obj: Any, where: str) -> Kdf:
-    kind = _get(obj, "type", str, where)
-    salt = _b64(obj, "salt", where)
+def _keyslot(kid: int, ks: dict) -> tuple[Keyslot | None, str | None]:
+    """A validated luks2 key slot as cryptfs runs it, or why it cannot run it."""
+    kdf_json, af, area = ks["kdf"], ks["af"], ks["area"]
+    salt = b64decode(kdf_json.get("salt"))
+    if salt is None:
+        return None, "its kdf salt is not base64"
+    kind = kdf_json["type"]
     if kind == "pbkdf2":
-        kdf = Kdf(kind, salt, _get(obj, "iterations", int, where), _get(obj, "hash", str, where))
+        kdf = Kdf(kind, salt, kdf_json["iterations"], kdf_json["hash"])
+    elif kind in ("argon2i", "argon2id"):
+        kdf = Kdf(kind, salt, kdf_json["time"], memory=kdf_json["memory"],
+                  parallel=kdf_json["cpus"])
     else:
-        kdf = Kdf(kind, salt, _get(obj, "time", int, where), memory=_get(obj, "memory", int, where),
-                  parallel=_get(obj, "cpus", int, where))
-    kdf.check()
-    return kdf
+        return None, f"key derivation {kind!r} is not supported"
+    priority = get_int(ks["priority"]) if "priority" in ks else 1
+    slot = Keyslot(kid, ks["key_size"], af["stripes"], af["hash"], uint64(area["offset"]),
+                   uint64(area["size"]), area["encryption"], area["key_size"], kdf, priority)
+    try:
+        kdf.check()
+        spec = header_spec(slot.area_encryption)
+        spec.check_key_bits(slot.area_key_size * 8)
+    except CryptfsError as e:
+        return None, str(e)
+    if not 1 <= slot.stripes <= 1 << 16 or not 1 <= slot.key_size <= 512 or \
+            padded(slot.key_size * slot.stripes) > slot.area_size:
+        return None, (f"{slot.key_size} key bytes × {slot.stripes} stripes do not fit its "
+                      f"{slot.area_size}-byte area")
+    if new_hash(slot.af_hash) is None:
+        return None, f"AF hash {slot.af_hash!r} is not available"
+    return slot, None
 
 
-def _ids(obj: Any, key: str, where: str) -> frozenset[int]:
-    items = _get(obj, key, list, where)
-    if not all(isinstance(i, str) and i.isdigit() for i in items):
-        raise FormatError(f"LUKS2 metadata: {where}.{key} must list ids")
-    return frozenset(int(i) for i in items)
+def _digest(d: dict) -> Digest | None:
+    """A pbkdf2 digest cryptfs can check keys against; None for anything else."""
+    salt, value = b64decode(d.get("salt")), b64decode(d.get("digest"))
+    hash_name, iterations = d.get("hash"), d.get("iterations")
+    if d["type"] != "pbkdf2" or salt is None or not value or not isinstance(hash_name, str) \
+            or new_hash(hash_name) is None or not luks2_validate.is_a(iterations, int) \
+            or not 1 <= iterations <= PBKDF2_MAX_ITERATIONS:
+        return None
+    ids = [frozenset(int(i) for i in d[k] if i and luks2_validate.numbered(i))
+           for k in ("keyslots", "segments")]
+    return Digest(ids[0], ids[1], hash_name, iterations, salt, value)
 
 
-def _interpret(fields: tuple, meta: dict) -> Luks2Header:
-    """Turn the JSON into typed metadata, refusing what cryptfs cannot serve, and why."""
-    for section in ("keyslots", "segments", "digests", "config"):
-        if not isinstance(meta.get(section), dict):
-            raise FormatError(f"LUKS2 metadata lacks the '{section}' object")
-    config = meta["config"]
-    required = config.get("requirements", {}).get("mandatory", []) \
-        if isinstance(config.get("requirements"), dict) else []
+def check_supported(header: Luks2Header) -> None:
+    """FormatError (or SpecError) for a valid header that cryptfs cannot open: reencryption,
+    several segments, integrity, unsupported ciphers or sector sizes."""
+    required = luks2_validate.mandatory(header.metadata)
     if required:
-        raise FormatError(f"LUKS2 requirement {', '.join(map(str, required))} is not supported "
+        raise FormatError(f"LUKS2 requirement {', '.join(map(str, required))!r} is not supported "
                           "(a reencryption in progress?)")
-    json_size = _get(config, "json_size", int, "config")
-    if json_size != fields[2] - BINARY_SIZE:
-        raise FormatError("LUKS2 metadata: config.json_size does not match the header size")
-    keyslots_size = _get(config, "keyslots_size", int, "config")
-
-    segments = meta["segments"]
+    segments = header.metadata["segments"]
     if len(segments) != 1:
         raise FormatError(f"LUKS2 with {len(segments)} segments is not supported "
                           "(a reencryption in progress?)")
-    (sid, seg), = segments.items()
-    where = f"segments.{sid}"
-    if not sid.isdigit() or _get(seg, "type", str, where) != "crypt":
-        raise FormatError(f"LUKS2 segment {sid} is not a crypt segment")
-    if seg.get("integrity"):
+    if header.segment is None:
+        raise FormatError(f"LUKS2 segment 0 is a {segments['0']['type']!r} segment, not crypt")
+    if "integrity" in segments["0"]:
         raise FormatError("LUKS2 integrity (AEAD) segments are not supported")
-    size = seg.get("size")
-    segment = Segment(_get(seg, "offset", int, where),
-                      None if size == "dynamic" else _get(seg, "size", int, where),
-                      _get(seg, "iv_tweak", int, where), _get(seg, "encryption", str, where),
-                      _get(seg, "sector_size", int, where))
-    parse_spec(segment.encryption)
+    header_spec(header.segment.encryption)
     try:
-        check_sector_size(segment.sector_size)
-    except Exception:
-        raise FormatError(f"LUKS2 segment sector size {segment.sector_size} is invalid") from None
-    if segment.offset % SECTOR:
-        raise FormatError("LUKS2 segment offset is not sector aligned")
-
-    keyslots = {}
-    for kid, ks in meta["keyslots"].items():
-        where = f"keyslots.{kid}"
-        if not kid.isdigit() or int(kid) >= MAX_KEYSLOTS:
-            raise FormatError(f"LUKS2 key slot id '{kid}' is invalid")
-        kind = _get(ks, "type", str, where)
-        if kind == "reencrypt":
-            raise FormatError("LUKS2 reencryption in progress is not supported")
-        if kind != "luks2":
-            continue                        # unknown slot types cannot open the volume
-        afo, area = _get(ks, "af", dict, where), _get(ks, "area", dict, where)
-        if _get(afo, "type", str, where + ".af") != "luks1" or \
-                _get(area, "type", str, where + ".area") != "raw":
-            continue
-        slot = Keyslot(int(kid), _get(ks, "key_size", int, where),
-                       _get(afo, "stripes", int, where + ".af"),
-                       _get(afo, "hash", str, where + ".af"),
-                       _get(area, "offset", int, where + ".area"),
-                       _get(area, "size", int, where + ".area"),
-                       _get(area, "encryption", str, where + ".area"),
-                       _get(area, "key_size", int, where + ".area"),
-                       _kdf(_get(ks, "kdf", dict, where), where + ".kdf"),
-                       ks.get("priority", 1) if ks.get("priority") in (0, 1, 2) else 1)
-        if not 1 <= slot.stripes <= 1 << 16 or not 1 <= slot.key_size <= 512 or \
-                padded(slot.key_size * slot.stripes) > slot.area_size or \
-                slot.area_offset < KEYSLOTS_OFFSET or \
-                slot.area_offset + slot.area_size > fields[2] * 2 + keyslots_size:
-            raise FormatError(f"LUKS2 key slot {kid} area is inconsistent")
-        if slot.af_hash not in hashlib.algorithms_available:
-            raise FormatError(f"LUKS2 key slot {kid} AF hash '{slot.af_hash}' is not available")
-        keyslots[slot.id] = slot
-
-    digests = []
-    for did, d in meta["digests"].items():
-        where = f"digests.{did}"
-        if _get(d, "type", str, where) != "pbkdf2":
-            continue
-        digest = Digest(_ids(d, "keyslots", where), _ids(d, "segments", where),
-                        _get(d, "hash", str, where), _get(d, "iterations", int, where),
-                        _b64(d, "salt", where), _b64(d, "digest", where))
-        Kdf("pbkdf2", digest.salt, digest.iterations, digest.hash).check()
-        digests.append(digest)
-    return Luks2Header(fields[2], fields[3], _text(fields[7]), _text(fields[4]), _text(fields[5]),
-                       meta, keyslots, int(sid), segment, digests, keyslots_size)
+        check_sector_size(header.segment.sector_size)
+    except CryptfsError:
+        raise FormatError(f"LUKS2 segment sector size {header.segment.sector_size} is not "
+                          "supported") from None
 
 
 # --- unlocking ---------------------------------------------------------------------------
@@ -301,12 +321,14 @@ def unlock(header: Luks2Header, read_at: ReadAt, passphrase: Secret,
     digests = [d for d in header.digests if header.segment_id in d.segments]
     usable = {k: s for k, s in header.keyslots.items() if any(k in d.keyslots for d in digests)}
     if slot is not None:
+        if slot in header.unusable:
+            raise FormatError(header.unusable[slot])
         if slot not in usable:
             raise KeyMaterialError(f"key slot {slot} is not an active key slot of this volume")
         order = [usable[slot]]
     else:
-        order = sorted((s for s in usable.values() if s.priority),
-                       key=lambda s: (-s.priority, s.id))
+        order = [s for priority in (2, 1) for s in sorted(usable.values(), key=lambda s: s.id)
+                 if s.priority == priority]
     for ks in order:
         with ks.kdf.derive(passphrase, ks.area_key_size) as area_key:
             raw = read_material(read_at, ks.area_offset, ks.key_size * ks.stripes,
@@ -395,37 +417,8 @@ def _slice(writes: dict[int, bytes], offset: int, length: int) -> bytes:
     return b""
 
 
-# --- showing -----------------------------------------------------------------------------
+# --- showing ---------------------------------------------------------------------------
 
-def dump(header: Luks2Header) -> str:
-    """What ``cryptsetup luksDump`` shows for a LUKS2 header."""
-    s = header.segment
-    lines = ["LUKS header information", "Version:       \t2",
-             f"Epoch:         \t{header.seqid}",
-             f"Metadata area: \t{header.hdr_size - BINARY_SIZE} [bytes]",
-             f"Keyslots area: \t{header.keyslots_size} [bytes]",
-             f"UUID:          \t{header.uuid}",
-             f"Label:         \t{header.label or '(no label)'}", "",
-             "Data segments:", f"  {header.segment_id}: crypt",
-             f"\toffset: {s.offset} [bytes]",
-             f"\tlength: {'(whole device)' if s.size is None else f'{s.size} [bytes]'}",
-             f"\tcipher: {s.encryption}", f"\tsector: {s.sector_size} [bytes]", "",
-             "Keyslots:"]
-    for ks in sorted(header.keyslots.values(), key=lambda k: k.id):
-        lines += [f"  {ks.id}: luks2", f"\tKey:        {ks.key_size * 8} bits",
-                  f"\tPriority:   {('ignored', 'normal', 'high')[ks.priority]}",
-                  f"\tCipher:     {ks.area_encryption}",
-                  f"\tCipher key: {ks.area_key_size * 8} bits",
-                  f"\tPBKDF:      {ks.kdf.kind}"]
-        if ks.kdf.kind == "pbkdf2":
-            lines += [f"\tHash:       {ks.kdf.hash}", f"\tIterations: {ks.kdf.iterations}"]
-        else:
-            lines += [f"\tTime cost:  {ks.kdf.iterations}", f"\tMemory:     {ks.kdf.memory}",
-                      f"\tThreads:    {ks.kdf.parallel}"]
-        lines += [f"\tAF stripes: {ks.stripes}", f"\tAF hash:    {ks.af_hash}",
-                  f"\tArea offset:{ks.area_offset} [bytes]",
-                  f"\tArea length:{ks.area_size} [bytes]"]
-    lines.append("Digests:")
-    for i, d in enumerate(header.digests):
-        lines += [f"  {i}: pbkdf2", f"\tHash:       {d.hash}", f"\tIterations: {d.iterations}"]
-    return "\n".join(lines)
+def dump(header: Luks2Header, path: str) -> str:
+    """What ``cryptsetup luksDump`` prints for a LUKS2 header (``path`` is not part of it)."""
+    return luks2_dump.dump(header)

@@ -14,11 +14,10 @@ LUKS1 has one header of 592 bytes, written whole.
 """
 
 import hashlib
-import json
 import os
 
 from ..errors import FormatError, ImageError
-from . import luks, luks1, luks2
+from . import jsonc, luks, luks1, luks2
 
 
 def write_at(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
@@ -76,8 +75,8 @@ def _copy_fields(area: bytes, magic: bytes, hdr_size: int) -> tuple | None:
     return fields if ok else None
 
 
-def _text(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("ascii", errors="replace")
+def _raw(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
 
 
 class Luks2Writer:
@@ -94,7 +93,7 @@ class Luks2Writer:
         if current is None:
             raise FormatError(f"{f.path}: no LUKS2 header copy of {self.hdr_size} bytes at 0 "
                               "or after it matches the metadata read ('cryptsetup repair'?)")
-        self.label, self.subsystem = _text(current[4]), _text(current[8])
+        self.label, self.subsystem = header.label, header.subsystem
         self.uuid, self.csum_alg = header.uuid, header.csum_alg
         self.salts = [c[6] if c else os.urandom(64) for c in copies]
         stale = [i for i, c in enumerate(copies) if not (c and c[3] == self.seqid)]
@@ -112,15 +111,15 @@ class Luks2Writer:
         self.f.write(i * self.hdr_size, self._pack(i, metadata))
 
     def _pack(self, i: int, metadata: dict) -> bytes:
-        text = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode()
+        text = jsonc.on_disk(metadata).encode("utf-8", "surrogateescape")
         json_size = self.hdr_size - luks2.BINARY_SIZE
         if len(text) >= json_size:
             raise FormatError(f"the LUKS2 metadata ({len(text)} bytes) does not fit its "
                               f"{json_size}-byte JSON area")
         magic = self.COPIES[i][0]
         area = bytearray(luks2.BINARY.pack(
-            magic, luks2.VERSION, self.hdr_size, self.seqid, self.label.encode(),
-            self.csum_alg.encode(), self.salts[i], self.uuid.encode(), self.subsystem.encode(),
+            magic, luks2.VERSION, self.hdr_size, self.seqid, _raw(self.label),
+            _raw(self.csum_alg), self.salts[i], _raw(self.uuid), _raw(self.subsystem),
             i * self.hdr_size, b"", b""))
         area += bytes(luks2.BINARY_SIZE - len(area)) + text + bytes(json_size - len(text))
         area[luks2.CSUM_OFFSET:luks2.CSUM_OFFSET + luks2.CSUM_SIZE] = \
