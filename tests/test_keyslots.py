@@ -243,3 +243,20 @@ def test_cryptsetup_calling_conventions(luks2):
                      check=True)
     assert result.stdout.splitlines()[-2:] == [f"Key slot {1} removed.", "Command successful."]
     v.check({"p0"}, also=("p1",))
+
+
+def test_metadata_is_written_as_cryptsetup_writes_it(luks2):
+    """Rewritten without a change, cryptsetup's JSON comes back byte for byte (json-c's plain
+    form), in both copies, one epoch later."""
+    v = luks2
+    v.cryptsetup("config", "--label", "a/label", "--subsystem", "sub")
+    subprocess.run(["cryptsetup", "token", "add", "--key-description", "k/d", "--key-slot", "0",
+                    str(v.image)], check=True)
+    before = v.image.read_bytes()[:32768]
+    cryptfs("config", v.image, "--label", "a/label", check=True)
+    after = v.image.read_bytes()[:32768]
+    for copy in (0, 16384):
+        assert after[copy + 4096:copy + 16384] == before[4096:16384]
+    assert "Epoch:         \t" in (dump := v.cryptsetup("luksDump").stdout)
+    epochs = [int(line.split()[-1]) for line in dump.splitlines() if line.startswith("Epoch:")]
+    assert epochs == [int.from_bytes(before[16:24], "big") + 1]
