@@ -17,6 +17,7 @@ class RangeLock:
         self._cond = threading.Condition(threading.Lock())
         #: (start, end, event): event is set when a trio task's hold ends (None for a thread's)
         self._held: list[tuple[int, int, trio.Event | None]] = []
+        self._waiting = 0       # threads in cond.wait(): only then is a release announced
 
     def hold(self, start: int, end: int) -> "_Held":
         """``with lock.hold(start, end):`` — a thread waits while an overlapping range is
@@ -33,7 +34,8 @@ class RangeLock:
     def _release(self, entry) -> None:
         with self._cond:
             self._held.remove(entry)
-            self._cond.notify_all()
+            if self._waiting:
+                self._cond.notify_all()
         if entry[2] is not None:
             entry[2].set()
 
@@ -52,7 +54,9 @@ class _Held:
         lock = self._lock
         with lock._cond:
             while lock._blocker(start, end):
+                lock._waiting += 1
                 lock._cond.wait()
+                lock._waiting -= 1
             lock._held.append(self._entry)
 
     def __exit__(self, *exc) -> None:
