@@ -48,8 +48,10 @@ static const char *const IVMODE_NAMES[] = {"plain", "plain64", "plain64be", "ess
 #define IV_BATCH 64
 /* benbi counts 16-byte cipher blocks from 1: shift = 9 - log2(16) (dm-crypt). */
 #define BENBI_SHIFT 5
-/* A bio is split over threads only in pieces of at least this many bytes. */
-#define MIN_PIECE_BYTES (32 << 10)
+/* A bio is split over threads only in pieces of at least this many bytes: waking a worker
+ * costs 0.1-0.2 ms on the 2-vCPU machine this was measured on, so 128-512 KiB bios ran
+ * 5-30 % slower split in two, 1 MiB bios 1.5x faster. */
+#define MIN_PIECE_BYTES (512 << 10)
 #define MAX_THREADS 64
 
 static PyObject *NativeError;

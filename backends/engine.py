@@ -9,10 +9,8 @@ What is simulated is the engine's *timing*; the bytes are computed by a real cip
 * ``channels`` jobs run at once, in ring order.  A job takes ``setup_us`` + ``per_unit_us`` per
   data unit + its bytes at ``throughput_mbps``; without ``native_multi_du`` a request is one job
   per data unit, each paying the setup (the point of the comparison).
-* ``submit`` may be called from any thread (as dm-crypt submits from its workers); the ring
-  and backlog are guarded by a lock and jobs reach the engine's task, in submission order,
-  through trio's thread-safe ``run_sync_soon``.
-* Completions come by callback from the engine's own task, never from the submitter's.
+* Requests are submitted on the trio thread, and completions come by callback from the engine's
+  own task, never from the submitter's.
 * Faults, each from its own seeded stream: ``error_rate`` (completion with -EIO),
   ``lost_rate`` (no completion ever: the convert loop's timeout must notice), ``busy_storm``
   (every so many submissions the ring claims to be full for a while), ``nomem_rate``
@@ -27,7 +25,6 @@ studies subtract it from the daemon's CPU time.
 
 import errno
 import random
-import threading
 import time
 from collections import deque
 
@@ -79,7 +76,7 @@ class EngineBackend:
         o = {name: default for name, (_, default, _, _) in self.OPTIONS.items()}
         o.update(options or {})
         self.options = o
-        self._cipher = MultiDuBackend(spec, key, {})    # the native core, one thread
+        self._cipher = MultiDuBackend(spec, key, {})    # its bytes: the native core
         self.caps = Caps(native_multi_du=o["native_multi_du"], asynchronous=True,
                          derived_iv_modes=self._cipher.caps.derived_iv_modes,
                          max_queue=o["queue_depth"])
@@ -87,12 +84,10 @@ class EngineBackend:
         self._faults = {name: random.Random(rng.random())
                         for name in ("error", "lost", "nomem")}
         self._send, self._jobs = trio.open_memory_channel(float("inf"))
-        self._lock = threading.Lock()       # the ring, the backlog and the counters
         self._in_ring = 0
         self._backlog: deque[tuple[CryptoRequest, float]] = deque()
         self._submitted = 0
         self._nursery: trio.Nursery | None = None       # the engine's, once run() started
-        self._token: trio.lowlevel.TrioToken | None = None
         self._stats = BackendStats()
         self._latency = LatencyWindow()
         self._extra = {"busy": 0, "backlog_high_water": 0, "completed": 0, "errors_injected": 0,
@@ -103,27 +98,22 @@ class EngineBackend:
 
     def submit(self, req: CryptoRequest) -> Status:
         self._stats.count(req)
+        self._submitted += 1
+        every = self.options["busy_storm_every"]
+        storm = every and (self._submitted % every) < self.options["busy_storm_length"]
         job = (req, time.monotonic())
-        with self._lock:
-            self._submitted += 1
-            every = self.options["busy_storm_every"]
-            storm = every and (self._submitted % every) < self.options["busy_storm_length"]
-            if self._in_ring < self.options["queue_depth"] and not storm and not self._backlog:
-                self._enter_ring(job)
-                return Status.IN_PROGRESS
-            self._backlog.append(job)
-            self._extra["busy"] += 1
-            self._extra["backlog_high_water"] = max(self._extra["backlog_high_water"],
-                                                    len(self._backlog))
-            if self._in_ring < self.options["queue_depth"]:
-                # a storm with free slots: no completion will free one, so the engine looks again
-                self._token.run_sync_soon(self._nursery.start_soon, self._promote_after_setup)
-            return Status.BUSY
-
-    def _enter_ring(self, job: tuple[CryptoRequest, float]) -> None:
-        """Take a ring slot and hand the job to the engine's task (lock held: in order)."""
-        self._in_ring += 1
-        self._token.run_sync_soon(self._send.send_nowait, job)
+        if self._in_ring < self.options["queue_depth"] and not storm and not self._backlog:
+            self._in_ring += 1
+            self._send.send_nowait(job)
+            return Status.IN_PROGRESS
+        self._backlog.append(job)
+        self._extra["busy"] += 1
+        self._extra["backlog_high_water"] = max(self._extra["backlog_high_water"],
+                                                len(self._backlog))
+        if self._in_ring < self.options["queue_depth"]:
+            # a storm with free slots: no completion will free one, so the engine looks again
+            self._nursery.start_soon(self._promote_after_setup)
+        return Status.BUSY
 
     # --- the engine's side ---------------------------------------------------------------
 
@@ -131,7 +121,6 @@ class EngineBackend:
         """The engine: ``channels`` tasks taking jobs from the ring.  Runs until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            self._token = trio.lowlevel.current_trio_token()
             for _ in range(self.options["channels"]):
                 nursery.start_soon(self._channel)
             task_status.started()
@@ -151,8 +140,7 @@ class EngineBackend:
                 self._extra["overruns"] += 1    # computing took longer than the engine would
             await self._wait_until(done_at)
             self._extra["engine_busy_s"] += seconds
-            with self._lock:
-                self._in_ring -= 1
+            self._in_ring -= 1
             self._promote()
             if self._faults["lost"].random() < self.options["lost_rate"]:
                 self._extra["lost"] += 1
@@ -199,24 +187,19 @@ class EngineBackend:
         self._promote()
 
     def _promote(self) -> None:
-        """A slot came free: the oldest backlogged requests enter the ring (and are told)."""
-        entered = []
-        with self._lock:
-            while self._backlog and self._in_ring < self.options["queue_depth"]:
-                job = self._backlog.popleft()
-                self._enter_ring(job)
-                entered.append(job[0])
-        for req in entered:
-            req.callback(req, RESTART)
+        """A slot came free: the oldest backlogged request enters the ring (and is told)."""
+        while self._backlog and self._in_ring < self.options["queue_depth"]:
+            job = self._backlog.popleft()
+            self._in_ring += 1
+            self._send.send_nowait(job)
+            job[0].callback(job[0], RESTART)
 
     # --- reporting -----------------------------------------------------------------------
 
     def statistics(self) -> dict:
         stats = self._stats.as_dict()
-        with self._lock:
-            stats.update(self._extra, in_flight=self._in_ring + len(self._backlog),
-                         backlog=len(self._backlog))
-        stats.update(self._latency.percentiles())
+        stats.update(self._extra, in_flight=self._in_ring + len(self._backlog),
+                     backlog=len(self._backlog), **self._latency.percentiles())
         stats["engine_busy_s"] = round(stats["engine_busy_s"], 6)
         for name in ("engine_compute_cpu_s", "engine_wait_cpu_s"):
             stats[name] = round(stats[name], 6)

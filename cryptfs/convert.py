@@ -19,17 +19,17 @@ When every request has completed:
 If the fallback fails too the bio fails with EIO: never wrong data, never a write acknowledged
 that was not encrypted.  ``src`` is never modified, so a retry starts from the original bytes.
 
-There is one loop for every backend.  It runs in the thread that owns the bio: the FUSE
-request's own (inline) or a worker's (offload).  A synchronous backend must answer DONE (anything
-else fails the bio: a broken contract).  For an asynchronous backend the loop blocks its thread
-until the completions arrive from the backend's own task, which runs on the trio thread — so
-such bios never run on the trio thread (the queue offloads them; the loop refuses otherwise).
+There is one loop for every backend (:meth:`Converter._loop`), driven two ways: synchronously
+(:meth:`Converter.convert`, in whichever thread owns the bio — a synchronous backend must
+answer DONE, anything else fails the bio: a broken contract) and, for asynchronous backends, by
+a trio task (:meth:`Converter.convert_async`), which awaits the RESTART and the completions the
+backend's own task delivers — on the same thread, with no hand-off.
 """
 
 import errno
 import logging
 import random
-import threading
+from collections.abc import Generator
 
 import trio
 
@@ -84,65 +84,71 @@ def _errno_of(failure: BaseException) -> int:
 class _Pending:
     """The completion side of one bio on an asynchronous backend (dm-crypt's
     convert_context): the requests still out, the failures, and the wake-ups — on RESTART and
-    when the last completes.  Callbacks come from the backend's task; the converter waits in
-    its own thread."""
+    when the last completes.  Callbacks come from the backend's task, on the trio thread."""
 
-    __slots__ = ("_cond", "outstanding", "failed", "restarted", "closed")
+    __slots__ = ("outstanding", "failed", "restarted", "wake", "closed")
 
     def __init__(self, failed: list):
-        self._cond = threading.Condition(threading.Lock())
         self.outstanding: set[CryptoRequest] = set()
         self.failed = failed
         self.restarted = False
+        self.wake: trio.Event | None = None
         self.closed = False
 
     def track(self, req: CryptoRequest) -> None:
         """Before submitting: a completion may come before submit returns."""
         req.callback = self.callback
-        with self._cond:
-            self.outstanding.add(req)
+        self.outstanding.add(req)
 
     def settle(self, req: CryptoRequest, err: int = 0) -> None:
         """Submit's own answer: DONE (err 0) or a synchronous failure."""
-        with self._cond:
-            self.outstanding.discard(req)
-            if err:
-                self.failed.append((req, err))
+        self.outstanding.discard(req)
+        if err:
+            self.failed.append((req, err))
 
     def callback(self, req: CryptoRequest, err: int) -> None:
-        with self._cond:
-            if self.closed or req not in self.outstanding:
-                return      # a late or duplicate completion: already given up on and redone
-            if err == RESTART:
-                self.restarted = True
-            else:
-                self.outstanding.discard(req)
-                if err:
-                    self.failed.append((req, -err))
-            self._cond.notify_all()
+        if self.closed or req not in self.outstanding:
+            return      # a late or duplicate completion: already given up on and redone
+        if err == RESTART:
+            self.restarted = True
+        else:
+            self.outstanding.discard(req)
+            if err:
+                self.failed.append((req, -err))
+        if self.wake is not None:
+            self.wake.set()
 
-    def wait_restart(self, req: CryptoRequest, timeout: float) -> bool:
+    async def _wait(self, done, timeout: float) -> bool:
+        with trio.move_on_after(timeout):
+            while not done():
+                self.wake = trio.Event()
+                await self.wake.wait()
+        self.wake = None
+        return done()
+
+    async def wait_restart(self, req: CryptoRequest, timeout: float) -> bool:
         """After BUSY: wait until ``req`` leaves the backlog.  False if it did not in time —
         it is then given up on (failed with ETIMEDOUT)."""
-        with self._cond:
-            left = self._cond.wait_for(lambda: self.restarted or req not in self.outstanding,
-                                       timeout)
-            self.restarted = False
-            if not left:
-                self.outstanding.discard(req)
-                self.failed.append((req, errno.ETIMEDOUT))
-            return left
+        left = await self._wait(lambda: self.restarted or req not in self.outstanding, timeout)
+        self.restarted = False
+        if not left:
+            self.outstanding.discard(req)
+            self.failed.append((req, errno.ETIMEDOUT))
+        return left
 
-    def wait_all(self, timeout: float) -> int:
+    async def wait_all(self, timeout: float) -> int:
         """Wait for every completion; give up on the rest after ``timeout`` (ETIMEDOUT): how
         many that were.  Completions after this are ignored."""
-        with self._cond:
-            self._cond.wait_for(lambda: not self.outstanding, timeout)
-            late = len(self.outstanding)
-            self.failed.extend((req, errno.ETIMEDOUT) for req in self.outstanding)
-            self.outstanding.clear()
-            self.closed = True
-            return late
+        await self._wait(lambda: not self.outstanding, timeout)
+        late = len(self.outstanding)
+        self.failed.extend((req, errno.ETIMEDOUT) for req in self.outstanding)
+        self.outstanding.clear()
+        self.closed = True
+        return late
+
+
+#: what the loop yields when it must wait: a backlogged request's RESTART, or (None) the end
+_Wait = CryptoRequest | None
 
 
 class Converter:
@@ -203,15 +209,12 @@ class Converter:
             return False
         return True
 
-    def convert(self, op: Op, unit: int, src: memoryview, dst: memoryview,
-                retried: bool = False) -> None:
-        """Convert one bio; DeviceError(EIO) if neither the backend nor the fallback can."""
-        multi = self._multi_du_for(unit, len(src) // self._du, retried)
-        failed: list[tuple[CryptoRequest, int]] = []
-        pending = None
-        if self.asynchronous:
-            _not_on_the_trio_thread(self.backend.name)
-            pending = _Pending(failed)
+    def _loop(self, op: Op, unit: int, src: memoryview, dst: memoryview, multi: bool,
+              pending: _Pending | None) -> Generator[_Wait, None, list]:
+        """The crypt_convert loop proper: submit the bio's requests in order.  Yields what it
+        must wait for (an asynchronous backend's RESTART after BUSY; then its completions);
+        returns the failed requests as (request, errno)."""
+        failed = [] if pending is None else pending.failed
         submit = self.backend.submit
         for req in self.requests(op, unit, src, dst, per_sector=not multi):
             if pending is not None:
@@ -232,19 +235,57 @@ class Converter:
                                   "declares itself synchronous", errno.EIO)
             elif status is Status.BUSY:
                 self.stats.add("busy")
-                if not pending.wait_restart(req, self.completion_timeout):
-                    self.stats.add("timeouts")      # never left the backlog: give up on it
-        if pending is not None:
-            late = pending.wait_all(self.completion_timeout)
-            if late:
-                self.stats.add("timeouts", late)
-        if not failed:
-            return
-        if multi and any(err == errno.ENOMEM for _, err in failed):
-            self.stats.add("multi_du_retried_bios")     # memory pressure: per sector, once
+                yield req
+        if pending is not None and pending.outstanding:
+            yield None
+        return failed
+
+    def convert(self, op: Op, unit: int, src: memoryview, dst: memoryview,
+                retried: bool = False) -> None:
+        """Convert one bio on a synchronous backend; DeviceError(EIO) if neither the backend
+        nor the fallback can."""
+        if self.asynchronous:
+            raise RuntimeError(f"backend {self.backend.name} is asynchronous: convert_async")
+        multi = self._multi_du_for(unit, len(src) // self._du, retried)
+        loop = self._loop(op, unit, src, dst, multi, None)
+        try:
+            next(loop)          # a synchronous backend never waits, and DONE never yields
+        except StopIteration as end:
+            failed = end.value
+        if failed and self._finish(failed, multi):
             self.convert(op, unit, src, dst, retried=True)
-            return
+
+    async def convert_async(self, op: Op, unit: int, src: memoryview, dst: memoryview,
+                            retried: bool = False) -> None:
+        """Convert one bio on any backend from a trio task: waits for an asynchronous
+        backend's RESTART and completions (each bounded by ``completion_timeout``)."""
+        multi = self._multi_du_for(unit, len(src) // self._du, retried)
+        pending = _Pending([]) if self.asynchronous else None
+        loop = self._loop(op, unit, src, dst, multi, pending)
+        try:
+            waiting = next(loop)
+            while True:
+                if waiting is not None:
+                    if not await pending.wait_restart(waiting, self.completion_timeout):
+                        self.stats.add("timeouts")      # never left the backlog
+                else:
+                    late = await pending.wait_all(self.completion_timeout)
+                    if late:
+                        self.stats.add("timeouts", late)
+                waiting = loop.send(None)
+        except StopIteration as end:
+            failed = end.value
+        if failed and self._finish(failed, multi):
+            await self.convert_async(op, unit, src, dst, retried=True)
+
+    def _finish(self, failed: list[tuple[CryptoRequest, int]], multi: bool) -> bool:
+        """After the loop: True if memory pressure sends the bio again per sector (once);
+        else the failed requests are redone on the software fallback (or EIO)."""
+        if multi and any(err == errno.ENOMEM for _, err in failed):
+            self.stats.add("multi_du_retried_bios")
+            return True
         self._recover(failed)
+        return False
 
     def _recover(self, failed: list[tuple[CryptoRequest, int]]) -> None:
         """Redo failed requests unit by unit on the software fallback, or fail with EIO."""
@@ -259,13 +300,3 @@ class Converter:
                     self.stats.add("failed_bios")
                     raise DeviceError(f"data unit {unit_req.first_unit}: {e}", errno.EIO) from None
 
-
-def _not_on_the_trio_thread(backend: str) -> None:
-    """Waiting for an asynchronous backend's completions on the thread that runs its task
-    would wait out every timeout: refuse (a bug in whoever placed the bio)."""
-    try:
-        trio.lowlevel.current_task()
-    except RuntimeError:
-        return
-    raise RuntimeError(f"a bio for the asynchronous backend {backend} must not run on the "
-                       "trio thread")

@@ -6,8 +6,9 @@ in the FUSE request's own trio task — no hand-off at all, as dm-crypt's
 (dm-crypt's kcryptd workqueue), so the event loop serves other requests meanwhile; the native
 core releases the GIL, so offloaded crypto runs beside the loop.  At most ``queue_depth``
 offloaded requests are in flight (further ones wait: backpressure) on at most ``crypto_threads``
-threads.  A bio for an asynchronous backend always runs on a worker: it waits there for the
-completions the backend's own task delivers.  Flushes always go to a worker (fsync blocks).
+threads.  An asynchronous backend is its own offload: its requests run as the FUSE request's
+task, which awaits the completions the backend's task delivers (*async*).  Flushes always go to
+a worker (fsync blocks).
 
 The counters here are touched only on the trio thread: no locks.
 """
@@ -33,19 +34,24 @@ class RequestQueue:
         self.place()
 
     def place(self) -> None:
-        """Decide where reads and writes run, for the device's current backend (again after
-        the backend was replaced)."""
-        asynchronous = self.device.converter.asynchronous
-        self.offload_reads = not self._pipeline.no_read_workqueue or asynchronous
-        self.offload_writes = not self._pipeline.no_write_workqueue or asynchronous
+        """Decide where reads and writes run — ``inline``, ``offload`` or ``async`` — for the
+        device's current backend (again after the backend was replaced)."""
+        if self.device.converter.asynchronous:
+            self.reads = self.writes = "async"
+        else:
+            p = self._pipeline
+            self.reads = "inline" if p.no_read_workqueue else "offload"
+            self.writes = "inline" if p.no_write_workqueue else "offload"
 
     async def read(self, offset: int, length: int) -> memoryview:
         """The device's plaintext of [offset, offset+length) (short at the end)."""
         start = time.perf_counter()
-        if self.offload_reads:
-            data = await self._offload(self.device.read, offset, length)
-        else:
+        if self.reads == "inline":
             data = self.device.read(offset, length)
+        elif self.reads == "async":
+            data = await self.device.read_async(offset, length)
+        else:
+            data = await self._offload(self.device.read, offset, length)
         s = self.stats
         s.reads += 1
         s.bytes_read += len(data)
@@ -55,10 +61,12 @@ class RequestQueue:
     async def write(self, offset: int, data: bytes) -> int:
         """Write ``data`` at ``offset``; the number of bytes written (short at the end)."""
         start = time.perf_counter()
-        if self.offload_writes:
-            n = await self._offload(self.device.write, offset, data)
-        else:
+        if self.writes == "inline":
             n = self.device.write(offset, data)
+        elif self.writes == "async":
+            n = await self.device.write_async(offset, data)
+        else:
+            n = await self._offload(self.device.write, offset, data)
         s = self.stats
         s.writes += 1
         s.bytes_written += n
@@ -69,10 +77,12 @@ class RequestQueue:
         await trio.to_thread.run_sync(self.device.flush)
 
     async def discard(self, offset: int, length: int) -> None:
-        if self.offload_writes:
-            await self._offload(self.device.discard, offset, length)
-        else:
+        if self.writes == "inline":
             self.device.discard(offset, length)
+        elif self.writes == "async":
+            await self.device.discard_async(offset, length)
+        else:
+            await self._offload(self.device.discard, offset, length)
 
     async def _offload(self, work, *args):
         """``work(*args)`` on a crypto worker thread, within the queue depth."""

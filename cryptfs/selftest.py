@@ -5,8 +5,6 @@ the software backend.  An engine that computes wrong bytes, fails or never answe
 
 import errno
 
-import trio
-
 from backends.base import CryptoFailure, Op
 from backends.software import SoftwareBackend
 
@@ -40,11 +38,8 @@ async def known_answer(backend, spec: CipherSpec, key, geometry: Geometry, mode:
                        completion_timeout=timeout)
     ciphertext, decrypted = bytearray(size), bytearray(size)
     try:
-        # on a worker thread: an asynchronous backend's completions come on this one
-        await trio.to_thread.run_sync(tested.convert, Op.ENCRYPT, 0, plaintext,
-                                      memoryview(ciphertext))
-        await trio.to_thread.run_sync(tested.convert, Op.DECRYPT, 0, memoryview(expected),
-                                      memoryview(decrypted))
+        await tested.convert_async(Op.ENCRYPT, 0, plaintext, memoryview(ciphertext))
+        await tested.convert_async(Op.DECRYPT, 0, memoryview(expected), memoryview(decrypted))
     except DeviceError as e:
         return f"requests failed ({e})"
     if ciphertext != expected:

@@ -1,12 +1,8 @@
 """The convert loop's contract with asynchronous backends: IN_PROGRESS, BUSY → RESTART,
-errors, lost completions — checked against an independent per-sector AES-XTS computation.
-
-As in the daemon, the loop runs on a worker thread and the engine on the trio thread."""
+errors, lost completions — checked against an independent per-sector AES-XTS computation."""
 
 import errno
 import random
-import threading
-import time
 
 import pytest
 import trio
@@ -38,7 +34,7 @@ def reference_encrypt(data: bytes, first_unit: int, du: int) -> bytes:
 
 class FakeEngine:
     """An asynchronous backend run by its own trio task: ``slots`` in flight, a backlog,
-    and scripted faults by request number.  ``submit`` may come from any thread."""
+    and scripted faults by request number."""
 
     name = "fake"
     caps = Caps(asynchronous=True)
@@ -47,34 +43,29 @@ class FakeEngine:
         self.cipher = UnitCipher("xts", KEY)
         self.slots, self.fail, self.lose, self.raise_on = slots, set(fail), set(lose), set(raise_on)
         self.ring, self.backlog, self.seen = [], [], 0
-        self.lock = threading.Lock()
         self.wake = trio.Event()
         self.completions = {}
         self.numbers = {}
 
     def submit(self, req):
-        with self.lock:
-            n, self.seen = self.seen, self.seen + 1
-            if n in self.raise_on:
-                raise CryptoFailure("scripted synchronous failure")
-            self.numbers[id(req)] = n
-            status = Status.IN_PROGRESS if len(self.ring) < self.slots else Status.BUSY
-            (self.ring if status is Status.IN_PROGRESS else self.backlog).append(req)
-            self.token.run_sync_soon(self._wake)        # after the append: the task looks
-            return status
-
-    def _wake(self):
-        self.wake.set()         # the event current when the engine's task runs this
+        n, self.seen = self.seen, self.seen + 1
+        if n in self.raise_on:
+            raise CryptoFailure("scripted synchronous failure")
+        self.numbers[id(req)] = n
+        self.wake.set()
+        if len(self.ring) < self.slots:
+            self.ring.append(req)
+            return Status.IN_PROGRESS
+        self.backlog.append(req)
+        return Status.BUSY
 
     async def run(self):
-        self.token = trio.lowlevel.current_trio_token()
         while True:
             await self.wake.wait()
             self.wake = trio.Event()
             while self.ring:
                 await trio.sleep(0.001)
-                with self.lock:
-                    req = self.ring.pop(0)
+                req = self.ring.pop(0)
                 number = self.numbers[id(req)]
                 if number not in self.lose:
                     if number not in self.fail:
@@ -86,11 +77,9 @@ class FakeEngine:
                                               req.dst[i * du:(i + 1) * du])
                     self.completions[number] = self.completions.get(number, 0) + 1
                     req.callback(req, -errno.EIO if number in self.fail else 0)
-                with self.lock:
-                    moved = self.backlog.pop(0) if self.backlog else None
-                    if moved:
-                        self.ring.append(moved)
-                if moved:
+                if self.backlog:
+                    moved = self.backlog.pop(0)
+                    self.ring.append(moved)
                     moved.callback(moved, RESTART)
 
     def statistics(self):
@@ -108,24 +97,23 @@ def make(backend, du=512, multi_du=False, timeout=30.0):
     return conv, stats
 
 
-async def run_with(engine, conv, *args):
-    """``conv.convert(*args)`` on a worker thread while the engine runs on this one."""
+async def run_with(engine, fn, *args):
+    """``await fn(*args)`` while the engine's task runs."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(engine.run)
-        await trio.sleep(0)
-        result = await trio.to_thread.run_sync(conv.convert, *args)
+        result = await fn(*args)
         nursery.cancel_scope.cancel()
     return result
 
 
 @pytest.mark.parametrize("slots", [1, 2, 64])
 @pytest.mark.parametrize("multi_du", [False, True])
-async def test_async_engine_output_matches_reference(slots, multi_du):
+async def test_async_engine_output_matches_reference(slots, multi_du, autojump_clock):
     engine = FakeEngine(slots=slots)
     conv, stats = make(engine, multi_du=multi_du)
     data = random.Random(1).randbytes(16 * 512)
     out = bytearray(len(data))
-    await run_with(engine, conv, Op.ENCRYPT, 7, memoryview(data), memoryview(out))
+    await run_with(engine, conv.convert_async, Op.ENCRYPT, 7, memoryview(data), memoryview(out))
     assert bytes(out) == reference_encrypt(data, 7, 512)
     assert all(n == 1 for n in engine.completions.values())     # exactly one completion each
     if slots == 1 and not multi_du:
@@ -133,45 +121,38 @@ async def test_async_engine_output_matches_reference(slots, multi_du):
     assert "retries" not in stats.snapshot()
 
 
-async def test_decrypt_round_trip_through_engine():
+async def test_decrypt_round_trip_through_engine(autojump_clock):
     engine = FakeEngine(slots=3)
     conv, _ = make(engine, du=4096)
     data = random.Random(2).randbytes(8 * 4096)
     cipher = reference_encrypt(data, 3, 4096)
     out = bytearray(len(data))
-    await run_with(engine, conv, Op.DECRYPT, 3, memoryview(cipher), memoryview(out))
+    await run_with(engine, conv.convert_async, Op.DECRYPT, 3, memoryview(cipher), memoryview(out))
     assert bytes(out) == data
 
 
 @pytest.mark.parametrize("fault", ["fail", "lose", "raise_on"])
-async def test_failed_requests_are_redone_on_software(fault):
+async def test_failed_requests_are_redone_on_software(fault, autojump_clock):
     engine = FakeEngine(slots=2, **{fault: {1, 4, 5}})
-    conv, stats = make(engine, timeout=0.3)
+    conv, stats = make(engine, timeout=5.0)
     data = random.Random(3).randbytes(8 * 512)
     out = bytearray(len(data))
-    await run_with(engine, conv, Op.ENCRYPT, 0, memoryview(data), memoryview(out))
+    await run_with(engine, conv.convert_async, Op.ENCRYPT, 0, memoryview(data), memoryview(out))
     assert bytes(out) == reference_encrypt(data, 0, 512)
     counters = stats.snapshot()
     assert counters["retries"] == 3 and counters["retried_units"] == 3
     assert counters.get("timeouts", 0) == (3 if fault == "lose" else 0)
 
 
-async def test_lost_completion_waits_for_the_timeout_then_recovers():
+async def test_lost_completion_waits_for_the_timeout_then_recovers(autojump_clock):
     engine = FakeEngine(slots=8, lose={0})
-    conv, _ = make(engine, timeout=0.5)
+    conv, _ = make(engine, timeout=7.0)
     data = bytes(4 * 512)
     out = bytearray(len(data))
-    start = time.monotonic()
-    await run_with(engine, conv, Op.ENCRYPT, 0, memoryview(data), memoryview(out))
-    assert 0.5 <= time.monotonic() - start < 3
+    start = trio.current_time()
+    await run_with(engine, conv.convert_async, Op.ENCRYPT, 0, memoryview(data), memoryview(out))
+    assert trio.current_time() - start == pytest.approx(7.0, abs=0.1)
     assert bytes(out) == reference_encrypt(data, 0, 512)
-
-
-async def test_an_asynchronous_bio_refuses_to_wait_on_the_trio_thread():
-    engine = FakeEngine()
-    conv, _ = make(engine)
-    with pytest.raises(RuntimeError, match="must not run on the trio thread"):
-        conv.convert(Op.ENCRYPT, 0, memoryview(bytes(512)), memoryview(bytearray(512)))
 
 
 class Broken(SoftwareBackend):
@@ -196,4 +177,19 @@ def test_a_synchronous_backend_returning_in_progress_is_a_contract_error():
     conv = Converter(LiesAboutBeingSync(SPEC, KEY), SoftwareBackend(SPEC, KEY), SPEC, KEY,
                      Geometry(512, 0, 1 << 20), Stats())
     with pytest.raises(DeviceError, match="declares itself synchronous"):
+        conv.convert(Op.ENCRYPT, 0, memoryview(bytes(512)), memoryview(bytearray(512)))
+
+
+async def test_both_drivers_give_a_synchronous_backend_the_same_bytes():
+    conv, _ = make(SoftwareBackend(SPEC, KEY), multi_du=True)
+    data = random.Random(4).randbytes(8 * 512)
+    by_thread, by_task = bytearray(len(data)), bytearray(len(data))
+    conv.convert(Op.ENCRYPT, 5, memoryview(data), memoryview(by_thread))
+    await conv.convert_async(Op.ENCRYPT, 5, memoryview(data), memoryview(by_task))
+    assert bytes(by_thread) == bytes(by_task) == reference_encrypt(data, 5, 512)
+
+
+def test_an_asynchronous_backend_is_refused_by_the_synchronous_driver():
+    conv, _ = make(FakeEngine())
+    with pytest.raises(RuntimeError, match="asynchronous"):
         conv.convert(Op.ENCRYPT, 0, memoryview(bytes(512)), memoryview(bytearray(512)))

@@ -4,7 +4,6 @@ request, the timing model, faults and timeouts, and the start-up self-test."""
 
 import logging
 import random
-import time
 
 import pytest
 import trio
@@ -86,7 +85,7 @@ async def test_timing_model(autojump_clock, native):
     assert engine.caps.native_multi_du is native
 
 
-def converter(engine, timeout=0.2, mode="multi_du"):
+def converter(engine, timeout=1.0, mode="multi_du"):
     stats = Stats()
     return Converter(engine, SoftwareBackend(SPEC, KEY), SPEC, KEY, Geometry(512, 0, 1 << 24),
                      stats, mode=mode, completion_timeout=timeout), stats
@@ -100,8 +99,6 @@ def converter(engine, timeout=0.2, mode="multi_du"):
 ])
 async def test_faults_never_give_wrong_data_and_always_finish(autojump_clock, fault, options,
                                                               counter):
-    # the convert loop on a worker thread, the engine's completions on this one (as in the
-    # daemon); the engine's timing on the mock clock, the loop's timeout in real time
     engine = EngineBackend(SPEC, bytearray(KEY), {"seed": 3, **options})
     conv, stats = converter(engine, mode="per_sector" if fault == "storms" else "multi_du")
     async with trio.open_nursery() as nursery:
@@ -109,8 +106,7 @@ async def test_faults_never_give_wrong_data_and_always_finish(autojump_clock, fa
         for bio in range(20):
             data = random.Random(bio).randbytes(8 * 512)
             out = bytearray(len(data))
-            await trio.to_thread.run_sync(conv.convert, Op.ENCRYPT, bio * 8, memoryview(data),
-                                          memoryview(out))
+            await conv.convert_async(Op.ENCRYPT, bio * 8, memoryview(data), memoryview(out))
             assert bytes(out) == xts(data, bio * 8)
         nursery.cancel_scope.cancel()
     assert stats.snapshot().get(counter, 0) > 0
@@ -118,15 +114,14 @@ async def test_faults_never_give_wrong_data_and_always_finish(autojump_clock, fa
 
 async def test_a_lost_completion_is_caught_by_the_timeout(autojump_clock):
     engine = EngineBackend(SPEC, bytearray(KEY), {"lost_rate": 1.0})
-    conv, stats = converter(engine, timeout=0.5)
+    conv, stats = converter(engine, timeout=2.5)
     async with trio.open_nursery() as nursery:
         await nursery.start(engine.run)
-        start = time.monotonic()
+        start = trio.current_time()
         data = bytes(4 * 512)
         out = bytearray(len(data))
-        await trio.to_thread.run_sync(conv.convert, Op.ENCRYPT, 0, memoryview(data),
-                                      memoryview(out))
-        assert 0.5 <= time.monotonic() - start < 3
+        await conv.convert_async(Op.ENCRYPT, 0, memoryview(data), memoryview(out))
+        assert trio.current_time() - start == pytest.approx(2.5, abs=0.01)
         nursery.cancel_scope.cancel()
     assert bytes(out) == xts(data, 0)
     assert stats.snapshot()["timeouts"] == 1 and engine.statistics()["lost"] == 1
@@ -141,6 +136,7 @@ async def test_corrupting_engine_is_refused_at_start_and_the_device_works(tmp_pa
         async with trio.open_nursery() as nursery:
             await daemon.start(nursery)
             assert daemon.stack.backend.name == "software"
+            assert daemon.queue.reads == daemon.queue.writes == "inline"
             data = random.randbytes(20000)
             assert await daemon.queue.write(777, data) == len(data)
             assert bytes(await daemon.queue.read(777, len(data))) == data
@@ -159,6 +155,7 @@ async def test_healthy_engine_passes_its_self_test(tmp_path):
     async with trio.open_nursery() as nursery:
         await daemon.start(nursery)
         assert daemon.stack.backend.name == "engine" and daemon.stack.refused is None
+        assert daemon.queue.reads == daemon.queue.writes == "async"
         nursery.cancel_scope.cancel()
     daemon.close()
 

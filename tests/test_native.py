@@ -92,6 +92,23 @@ def test_core_matches_software_on_random_bios(cipher, data):
     core.close()
 
 
+@pytest.mark.parametrize("cipher", ["aes-xts-plain64", "aes-cbc-essiv:sha256", "aes-xts-plain"])
+@pytest.mark.parametrize("units, du", [(2049, 512), (3 * 1024 + 7, 512), (389, 4096)])
+@pytest.mark.parametrize("threads", [2, 3, 8])
+def test_large_bios_split_over_threads_match_software(cipher, units, du, threads):
+    # Bios of 1 MiB and more are split over threads (in pieces of at least 512 KiB): uneven
+    # pieces, each unit with its IV, the plain counter wrapping inside one of them.
+    spec = parse_spec(cipher)
+    rng = random.Random(units * threads)
+    key = rng.randbytes(spec.default_key_bits // 8)
+    src = rng.randbytes(units * du)
+    sector = 2**32 - 1000 if spec.ivmode == "plain" else 12345
+    out = bytearray(len(src))
+    native.keyed_core(spec, key).crypt(True, src, out, first_iv(spec.ivmode, sector), du, 1,
+                                       threads)
+    assert bytes(out) == reference(spec, key, Op.ENCRYPT, src, du, sector, 1)
+
+
 def test_plain_wraps_inside_one_request_as_dm_crypt_does():
     spec, key = parse_spec("aes-xts-plain"), bytes(range(1, 65))
     src = random.Random(5).randbytes(64 * 512)
