@@ -80,10 +80,13 @@ class PipelineSection:
     mode: str = option("multi_du", "crypto requests per bio: multi_du (one per bio) or "
                        "per_sector (one per data unit, as dm-crypt today)",
                        choice("per_sector", "multi_du"))
-    queue_depth: int = option(64, "bios in flight at once (backpressure beyond)", between(1, 4096))
+    queue_depth: int = option(64, "offloaded requests in flight at once (backpressure beyond)",
+                              between(1, 4096))
     no_read_workqueue: bool = option(True, "decrypt reads inline instead of on a worker thread")
     no_write_workqueue: bool = option(True, "encrypt writes inline instead of on a worker thread")
-    crypto_threads: int = option(0, "worker threads for offloaded crypto; 0 is one per CPU",
+    crypto_threads: int = option(0, "threads that do crypto: offloaded requests run on up to this "
+                                    "many, and a bio of 1 MiB or more is split over up to this "
+                                    "many; 0 is one per CPU",
                                  between(0, 256))
     fuse_tasks: int = option(64, "concurrent FUSE requests the daemon serves", between(1, 4096))
     completion_timeout: float = option(30.0, "seconds to wait for an asynchronous completion "

@@ -24,3 +24,17 @@ def crypto_path(request) -> dict:
     variant, mode = request.param
     backend, options = SYNCHRONOUS[variant]
     return {"backend": backend, "backend_options": options, "mode": mode}
+
+
+#: the paths the (slow) interop matrices against qemu-img and cryptsetup run over: today's
+#: dm-crypt (software, per sector), the default (native multi data unit) and its pure-Python
+#: fallback.  Every backend × mode is proven byte-identical to these by test_vectors and
+#: test_multidu's cryptfs verify.
+INTEROP = [("software", "per_sector"), ("multidu", "multi_du"), ("multidu-python", "multi_du")]
+
+
+@pytest.fixture(params=INTEROP, ids=[f"{b}-{m}" for b, m in INTEROP])
+def interop_path(request) -> dict:
+    variant, mode = request.param
+    backend, options = SYNCHRONOUS[variant]
+    return {"backend": backend, "backend_options": options, "mode": mode}

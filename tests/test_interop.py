@@ -34,7 +34,7 @@ QEMU_MATRIX = [
 @needs("qemu-img", "cryptsetup")
 @pytest.mark.parametrize("alg, mode, ivgen, ivhash, spec, bits", QEMU_MATRIX,
                          ids=[f"{m[0]}-{m[1]}-{m[2]}" for m in QEMU_MATRIX])
-async def test_qemu_luks1_in_plain_mode_both_directions(tmp_path, crypto_path, alg, mode,
+async def test_qemu_luks1_in_plain_mode_both_directions(tmp_path, interop_path, alg, mode,
                                                         ivgen, ivhash, spec, bits):
     plain = tmp_path / "plain.raw"
     plain.write_bytes(random.Random(bits).randbytes(SIZE))
@@ -43,7 +43,7 @@ async def test_qemu_luks1_in_plain_mode_both_directions(tmp_path, crypto_path, a
                       ivgen_hash=ivhash)
     key, offset = luks_volume_key(image)
     assert len(key) * 8 == bits
-    daemon = open_plain(image, key, cipher=spec, offset=offset, **crypto_path)
+    daemon = open_plain(image, key, cipher=spec, offset=offset, **interop_path)
     model = await read_then_patch(daemon, plain.read_bytes(), seed=bits)
     assert qemu_luks_decrypt(image, tmp_path / "out.raw") == model
 
@@ -55,7 +55,7 @@ def cryptsetup_reencrypt(*args: str) -> None:
 
 @needs("cryptsetup")
 @pytest.mark.parametrize("sector_size", [512, 4096])
-async def test_cryptsetup_luks2_detached_in_plain_mode_both_directions(tmp_path, crypto_path,
+async def test_cryptsetup_luks2_detached_in_plain_mode_both_directions(tmp_path, interop_path,
                                                                       sector_size):
     data = tmp_path / "data.img"
     plaintext = random.Random(sector_size).randbytes(SIZE)
@@ -67,7 +67,7 @@ async def test_cryptsetup_luks2_detached_in_plain_mode_both_directions(tmp_path,
     key, offset = luks_volume_key(data, header=header)
     assert offset == 0
     daemon = open_plain(data, key, cipher="aes-xts-plain64", sector_size=sector_size,
-                        **crypto_path)
+                        **interop_path)
     model = await read_then_patch(daemon, plaintext, seed=sector_size)
     cryptsetup_reencrypt("--decrypt", "--header", str(header), "--force-offline-reencrypt",
                          str(data))

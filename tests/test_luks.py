@@ -42,14 +42,14 @@ QEMU_MATRIX = [
 @needs("qemu-img")
 @pytest.mark.parametrize("alg, mode, ivgen, ivhash", QEMU_MATRIX,
                          ids=[f"{m[0]}-{m[1]}-{m[2]}" for m in QEMU_MATRIX])
-async def test_qemu_luks1_opens_with_its_passphrase(tmp_path, crypto_path, alg, mode, ivgen,
+async def test_qemu_luks1_opens_with_its_passphrase(tmp_path, interop_path, alg, mode, ivgen,
                                                     ivhash):
     plain = tmp_path / "plain.raw"
     plain.write_bytes(random.Random(alg + mode).randbytes(SIZE))
     image = tmp_path / "image.luks"
     qemu_luks_encrypt(plain, image, cipher_alg=alg, cipher_mode=mode, ivgen_alg=ivgen,
                       ivgen_hash=ivhash)
-    daemon = open_luks(image, **crypto_path)
+    daemon = open_luks(image, **interop_path)
     assert daemon.stack.volume.kind == "luks1"
     model = await read_then_patch(daemon, plain.read_bytes(), seed=1)
     assert qemu_luks_decrypt(image, tmp_path / "out.raw") == model
@@ -87,11 +87,11 @@ async def test_cryptsetup_luks1_key_and_data(tmp_path, cipher, bits):
 @pytest.mark.parametrize("detached", [False, True], ids=["embedded", "detached"])
 @pytest.mark.parametrize("sector_size", [512, 4096])
 @pytest.mark.parametrize("pbkdf", ["pbkdf2", "argon2id"])
-async def test_cryptsetup_luks2_reads_back_and_decrypts(tmp_path, crypto_path, pbkdf,
+async def test_cryptsetup_luks2_reads_back_and_decrypts(tmp_path, interop_path, pbkdf,
                                                         sector_size, detached):
     plaintext = random.Random(sector_size).randbytes(SIZE)
     image, header = reencrypt_luks2(tmp_path, plaintext, sector_size, pbkdf, detached)
-    daemon = open_luks(image, header=header, **crypto_path)
+    daemon = open_luks(image, header=header, **interop_path)
     assert daemon.stack.volume.kind == "luks2"
     assert daemon.stack.volume.geometry.sector_size == sector_size
     if not detached:
