@@ -21,7 +21,8 @@
  *     plain64be a 128-bit counter (little- and big-endian) stepped by iv_step per unit; for
  *     plain a 32-bit counter that wraps as dm-crypt's does; for essiv, benbi and null the
  *     plain64 IV of the first unit, from which each unit's IV is derived as dm-crypt derives
- *     it (64-bit sector).  threads > 1 splits the units over up to that many threads.
+ *     it (64-bit sector).  threads > 1 splits the units over that many threads (the caller
+ *     decides when a bio is worth it: waking a worker has a cost).
  *     Raises NativeError (a backends.base.CryptoFailure) if OpenSSL fails; dst is then not to
  *     be trusted.
  * Core.close()
@@ -48,10 +49,6 @@ static const char *const IVMODE_NAMES[] = {"plain", "plain64", "plain64be", "ess
 #define IV_BATCH 64
 /* benbi counts 16-byte cipher blocks from 1: shift = 9 - log2(16) (dm-crypt). */
 #define BENBI_SHIFT 5
-/* A bio is split over threads only in pieces of at least this many bytes: waking a worker
- * costs 0.1-0.2 ms on the 2-vCPU machine this was measured on, so 128-512 KiB bios ran
- * 5-30 % slower split in two, 1 MiB bios 1.5x faster. */
-#define MIN_PIECE_BYTES (512 << 10)
 #define MAX_THREADS 64
 
 static PyObject *NativeError;
@@ -529,10 +526,7 @@ static PyObject *Core_crypt(Core *self, PyObject *const *args, Py_ssize_t nargs)
     }
     int ok;
     Py_BEGIN_ALLOW_THREADS
-    size_t most = (size_t)src.len / MIN_PIECE_BYTES;
     int pieces = threads > MAX_THREADS ? MAX_THREADS : (int)threads;
-    if ((size_t)pieces > most)
-        pieces = most ? (int)most : 1;
     if ((size_t)pieces > whole.units)
         pieces = (int)whole.units;
     if (pieces > 1) {

@@ -96,7 +96,7 @@ def test_core_matches_software_on_random_bios(cipher, data):
 @pytest.mark.parametrize("units, du", [(2049, 512), (3 * 1024 + 7, 512), (389, 4096)])
 @pytest.mark.parametrize("threads", [2, 3, 8])
 def test_large_bios_split_over_threads_match_software(cipher, units, du, threads):
-    # Bios of 1 MiB and more are split over threads (in pieces of at least 512 KiB): uneven
+    # Bios split over threads: uneven
     # pieces, each unit with its IV, the plain counter wrapping inside one of them.
     spec = parse_spec(cipher)
     rng = random.Random(units * threads)
