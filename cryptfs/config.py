@@ -85,8 +85,8 @@ class PipelineSection:
     no_read_workqueue: bool = option(True, "decrypt reads inline instead of on a worker thread")
     no_write_workqueue: bool = option(True, "encrypt writes inline instead of on a worker thread")
     crypto_threads: int = option(0, "threads that do crypto: offloaded requests run on up to this "
-                                    "many, and a bio of 1 MiB or more is split over up to this "
-                                    "many; 0 is one per CPU",
+                                    "many, and a large bio (multidu's split_bytes) is split over "
+                                    "this many; 0 is one per CPU",
                                  between(0, 256))
     fuse_tasks: int = option(64, "concurrent FUSE requests the daemon serves", between(1, 4096))
     completion_timeout: float = option(30.0, "seconds to wait for an asynchronous completion "

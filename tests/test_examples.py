@@ -39,20 +39,27 @@ def test_readme_generated_tables_are_current(name, expected):
     assert block.strip() == expected.strip()
 
 
-def test_readme_documents_every_engine_option():
-    from backends.engine import EngineBackend
+BACKENDS_WITH_OPTIONS = ["multidu", "engine"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS_WITH_OPTIONS)
+def test_readme_documents_every_backend_option(backend):
+    import backends
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    for name, (_, default, _, _) in EngineBackend.OPTIONS.items():
+    for name, (_, default, _, _) in backends.backend_class(backend).OPTIONS.items():
         shown = str(default).lower() if isinstance(default, bool) else str(default)
         assert f"| `{name}` | `{shown}` |" in readme, name
 
 
-def test_full_config_lists_every_engine_key_with_its_default():
+@pytest.mark.parametrize("backend", BACKENDS_WITH_OPTIONS)
+def test_full_config_lists_every_backend_key_with_its_default(backend):
     import tomllib
 
-    from backends.engine import EngineBackend
+    import backends
     text = next(p for p in CONFIGS if p.name == "full.toml").read_text()
-    section = text[text.index("# [backend.engine]"):]
+    section = text[text.index(f"# [backend.{backend}]"):]
+    section = section[:section.index("\n\n")] if "\n\n" in section else section
     uncommented = "\n".join(line.removeprefix("# ") for line in section.splitlines())
-    listed = tomllib.loads(uncommented)["backend"]["engine"]
-    assert listed == {k: default for k, (_, default, _, _) in EngineBackend.OPTIONS.items()}
+    listed = tomllib.loads(uncommented)["backend"][backend]
+    assert listed == {k: default for k, (_, default, _, _)
+                      in backends.backend_class(backend).OPTIONS.items()}

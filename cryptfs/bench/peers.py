@@ -148,7 +148,7 @@ def _plot(summary, jobs, chosen, path: str) -> None:
 
     bars = [t.label for t in chosen if t.label not in (QEMU, CEILING)]
     width = 0.8 / len(bars)
-    fig, ax = plt.subplots(figsize=(max(7, 1.4 * len(jobs)), 4.8))
+    fig, ax = plt.subplots(figsize=(max(7, 1.4 * len(jobs)) + 2.5, 4.8))
     for i, label in enumerate(bars):
         ax.bar([j + i * width for j in range(len(jobs))],
                [summary[job.name]["targets"][label]["vs_qemu"] for job in jobs], width,
@@ -161,7 +161,7 @@ def _plot(summary, jobs, chosen, path: str) -> None:
     ax.set_xticks(centres, [job.name for job in jobs], rotation=25, ha="right")
     ax.set_ylabel("× qemu-storage-daemon (median, log scale)")
     ax.set_title("fio through each device, relative to qemu-storage-daemon")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(True, axis="y", which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
