@@ -33,7 +33,7 @@ import trio.testing
 
 from cryptfs.spec import CipherSpec
 
-from .base import RESTART, BackendStats, Caps, CryptoRequest, Status
+from .base import RESTART, BackendStats, Caps, CryptoRequest, Status, at_least
 from .latency import LatencyWindow
 from .multidu import MultiDuBackend
 
@@ -43,27 +43,20 @@ def _probability(value) -> None:
         raise ValueError("between 0 and 1")
 
 
-def _at_least(low):
-    def check(value):
-        if value < low:
-            raise ValueError(f"at least {low}")
-    return check
-
-
 class EngineBackend:
     name = "engine"
     OPTIONS = {
-        "queue_depth": (int, 64, _at_least(1), "ring slots"),
-        "channels": (int, 1, _at_least(1), "jobs the engine runs at once"),
-        "setup_us": (float, 20.0, _at_least(0), "per-job setup latency, microseconds"),
-        "per_unit_us": (float, 0.5, _at_least(0), "per data unit cost, microseconds"),
-        "throughput_mbps": (float, 1000.0, _at_least(1), "bytes per second per channel, MB/s"),
+        "queue_depth": (int, 64, at_least(1), "ring slots"),
+        "channels": (int, 1, at_least(1), "jobs the engine runs at once"),
+        "setup_us": (float, 20.0, at_least(0), "per-job setup latency, microseconds"),
+        "per_unit_us": (float, 0.5, at_least(0), "per data unit cost, microseconds"),
+        "throughput_mbps": (float, 1000.0, at_least(1), "bytes per second per channel, MB/s"),
         "native_multi_du": (bool, True, None, "one job per request (else one per data unit)"),
         "error_rate": (float, 0.0, _probability, "fault: completions with -EIO"),
         "lost_rate": (float, 0.0, _probability, "fault: completions that never come"),
-        "busy_storm_every": (int, 0, _at_least(0),
+        "busy_storm_every": (int, 0, at_least(0),
                              "fault: every N submissions the ring claims to be full (0: never)"),
-        "busy_storm_length": (int, 16, _at_least(1), "fault: submissions a storm lasts"),
+        "busy_storm_length": (int, 16, at_least(1), "fault: submissions a storm lasts"),
         "nomem_rate": (float, 0.0, _probability, "fault: -ENOMEM for multi-unit requests"),
         "corrupt": (bool, False, None, "fault: wrong output (the self-test refuses the engine)"),
         "seed": (int, 0, None, "seed of the fault streams"),
@@ -206,4 +199,8 @@ class EngineBackend:
         return stats
 
     def close(self) -> None:
+        """Stop the engine (jobs still in its ring or backlog are dropped: their requests
+        have timed out or are being abandoned) and close its cipher."""
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
         self._cipher.close()

@@ -202,7 +202,11 @@ class Device:
             if (a, b) != (offset, end):
                 merged, edges = self._edges(offset, end, a, b)
                 for unit, view in edges:
-                    await self._read_units_async(unit, view)
+                    # into a buffer of its own: a timed-out request's late completion must
+                    # not land in merged after the new data is laid over it
+                    edge = memoryview(bytearray(len(view)))
+                    await self._read_units_async(unit, edge)
+                    view[:] = edge
                 merged[offset - a:end - a] = data
                 data = merged
             ciphertext = self._ciphertext_buffer(len(data))

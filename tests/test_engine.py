@@ -148,6 +148,48 @@ async def test_corrupting_engine_is_refused_at_start_and_the_device_works(tmp_pa
     assert image.read_bytes()[1024:20480] == xts(data[1024 - 777:20480 - 777], 2)
 
 
+async def test_an_engine_too_slow_for_its_self_test_is_stopped_with_it(tmp_path, caplog,
+                                                                       autojump_clock):
+    image = tmp_path / "image"
+    image.write_bytes(bytes(1 << 20))
+    daemon = open_plain(image, KEY, backend="engine", backend_options={"setup_us": 5e6},
+                        completion_timeout=1.0, mode="per_sector")      # jobs queue up
+    with caplog.at_level(logging.WARNING):
+        async with trio.open_nursery() as nursery:
+            await daemon.start(nursery)
+            assert daemon.stack.backend.name == "software"
+            await trio.sleep(60)    # the refused engine's queued jobs would have run by now
+            data = random.randbytes(5000)
+            assert await daemon.queue.write(100, data) == len(data)
+            assert bytes(await daemon.queue.read(100, len(data))) == data
+            nursery.cancel_scope.cancel()
+    assert "backend engine failed its self-test (requests failed" in caplog.text
+    daemon.close()
+
+
+async def test_a_late_completion_of_an_edge_read_cannot_reach_the_write(tmp_path,
+                                                                        autojump_clock):
+    """An unaligned write reads its edge unit first.  When that read times out (the engine is
+    busy with another job) and is redone on software, the engine's late result must not land
+    in the buffer the write then encrypts."""
+    old = random.Random(5).randbytes(4 * 512)
+    image = tmp_path / "image"
+    image.write_bytes(xts(old, 0) + bytes((1 << 20) - len(old)))
+    daemon = open_plain(image, KEY, backend="engine", completion_timeout=1.0)
+    async with trio.open_nursery() as nursery:
+        await daemon.start(nursery)
+        daemon.stack.backend.options["setup_us"] = 1.5e6   # now each job takes 1.5 s
+        nursery.start_soon(daemon.queue.read, 8192, 4096)   # holds the engine until t=1.5
+        await trio.sleep(0.1)
+        data = random.Random(6).randbytes(100)
+        assert await daemon.queue.write(100, data) == len(data)   # edge read times out at 1.1
+        await trio.sleep(10)                                     # every late job has run
+        nursery.cancel_scope.cancel()
+    daemon.close()
+    new = old[:100] + data + old[200:512]
+    assert image.read_bytes()[:512] == xts(new, 0)
+
+
 async def test_healthy_engine_passes_its_self_test(tmp_path):
     image = tmp_path / "image"
     image.write_bytes(bytes(1 << 20))
