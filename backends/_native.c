@@ -70,6 +70,7 @@ typedef struct {
     ctxset *idle;           /* context sets not in use */
     int users;              /* calls in flight */
     int closed;
+    int ready;              /* keyed once, and quiet initialised */
     pthread_cond_t quiet;   /* users reached 0 */
 } Core;
 
@@ -421,7 +422,7 @@ static int Core_init(Core *self, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"chain", "key", "ivmode", "essiv_hash", NULL};
     const char *chain, *ivmode, *essiv_hash = NULL;
     Py_buffer key;
-    if (self->keyed) {
+    if (self->ready) {
         PyErr_SetString(PyExc_ValueError, "a Core is keyed once");
         return -1;
     }
@@ -457,6 +458,7 @@ static int Core_init(Core *self, PyObject *args, PyObject *kwds)
         return -1;
     }
     pthread_cond_init(&self->quiet, NULL);
+    self->ready = 1;
     return 0;
 }
 
@@ -513,6 +515,8 @@ static PyObject *Core_crypt(Core *self, PyObject *const *args, Py_ssize_t nargs)
         pthread_mutex_lock(&lock);
         if (self->closed)
             error = "this core is closed";
+        else if (!self->ready)
+            error = "this core was never keyed";
         else
             self->users++;
         pthread_mutex_unlock(&lock);
@@ -577,7 +581,7 @@ static PyObject *Core_close(Core *self, PyObject *unused)
 
 static void Core_dealloc(Core *self)
 {
-    if (self->keyed) {
+    if (self->ready) {
         core_release(self);
         pthread_cond_destroy(&self->quiet);
     }

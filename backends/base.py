@@ -134,3 +134,11 @@ class BackendStats:
         with self._lock:
             return {"requests": self.requests, "data_units": self.data_units,
                     "bytes": self.bytes, "errors": self.errors, **self.extra}
+
+
+def at_least(low):
+    """An ``OPTIONS`` check: the value must be at least ``low``."""
+    def check(value):
+        if value < low:
+            raise ValueError(f"at least {low}")
+    return check

@@ -14,7 +14,7 @@ from cryptfs.spec import CipherSpec
 
 from . import native
 from .aes import UnitCipher
-from .base import BackendStats, Caps, CryptoFailure, CryptoRequest, Op, Status
+from .base import BackendStats, Caps, CryptoFailure, CryptoRequest, Op, Status, at_least
 from .vectorised import VectorisedCipher
 
 log = logging.getLogger(__name__)
@@ -29,11 +29,6 @@ SPLIT_BYTES = 512 << 10
 _warned = False
 
 
-def _not_negative(value: int) -> None:
-    if value < 0:
-        raise ValueError("at least 0")
-
-
 class MultiDuBackend:
     name = "multidu"
     OPTIONS = {
@@ -43,7 +38,7 @@ class MultiDuBackend:
                                      "pure-Python path, for comparison)"),
         "min_units": (int, 0, None, "pure-Python path: vectorise from this many units; 0: the "
                                     "measured cut-off"),
-        "split_bytes": (int, SPLIT_BYTES, _not_negative,
+        "split_bytes": (int, SPLIT_BYTES, at_least(0),
                         "native core: bios of at least this many bytes are split over "
                         "[pipeline] crypto_threads threads (0: never)"),
     }

@@ -136,7 +136,7 @@ class VectorisedCipher:
 
     def _contexts(self) -> dict:
         """ECB contexts for the data and the XTS tweaks, and the IV generator, for one thread."""
-        key = self._key
+        key = memoryview(self._key)         # slices are views: no copies of the key to wipe
         half = len(key) // 2
         data_key = key[:half] if self._mode == "xts" else key
         ecb = Cipher(algorithms.AES(data_key), modes.ECB())

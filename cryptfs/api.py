@@ -121,9 +121,8 @@ class EncryptedImage(io.RawIOBase):
         if self.closed:
             return
         try:
-            self.flush()
+            super().close()         # flushes first, then marks the file closed
         finally:
-            super().close()
             self._stack.close()
 
 

@@ -88,6 +88,19 @@ def test_backend_options_are_checked_against_the_backend(tmp_path):
     assert backend_options(load(None), declared) == {"depth": 4}
 
 
+@pytest.mark.parametrize("backend, key, value, rule", [
+    ("multidu", "split_bytes", -1, "at least 0"),
+    ("engine", "queue_depth", 0, "at least 1"),
+    ("engine", "error_rate", 1.5, "between 0 and 1"),
+])
+def test_backend_options_are_checked_against_their_bounds(tmp_path, backend, key, value, rule):
+    import backends
+    c = load(write(tmp_path, f"[backend]\nname = '{backend}'\n[backend.{backend}]\n"
+                             f"{key} = {value}\n"))
+    with pytest.raises(ConfigError, match=rf"\[backend.{backend}\] {key}.*{rule}"):
+        backend_options(c, backends.backend_class(backend).OPTIONS)
+
+
 def test_reference_lists_every_key():
     text = reference()
     for key in ("[device] offset", "[crypto] iv_large_sectors", "[pipeline] no_read_workqueue",

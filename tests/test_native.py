@@ -158,6 +158,14 @@ def test_a_closed_core_refuses_work():
         c.crypt(True, bytes(512), bytearray(512), bytes(16), 512, 1)
 
 
+def test_a_core_never_keyed_refuses_work():
+    from backends import _native
+    c = _native.Core.__new__(_native.Core)
+    with pytest.raises(ValueError, match="never keyed"):
+        c.crypt(True, bytes(512), bytearray(512), bytes(16), 512, 1)
+    c.close()
+
+
 def test_calls_from_many_threads_at_once_are_each_right():
     spec, key = parse_spec("aes-cbc-essiv:sha256"), bytes(range(32))
     c = native.keyed_core(spec, key)
