@@ -1,7 +1,7 @@
 # cryptfs: `make install` puts `cryptfs` on PATH, `make demo` runs the device end to end,
 # `make test` runs the test suite, `make bench` runs the fio matrix against qemu-storage-daemon
-# and a no-crypto ceiling (about 10 minutes).  Each installs what is missing first: Debian
-# packages (as root, or with sudo) and a .venv.
+# and a no-crypto ceiling, then the native core against `openssl speed` (about 12 minutes).
+# Each installs what is missing first: Debian packages (as root, or with sudo) and a .venv.
 
 PYTHON ?= python3
 VENV   := .venv
