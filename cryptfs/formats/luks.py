@@ -19,12 +19,13 @@ log = logging.getLogger(__name__)
 class HeaderFile:
     """Read access to where the header lives; short reads come back short."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, writable: bool = False):
         self.path = path
+        flags, purpose = (os.O_RDWR, " for writing") if writable else (os.O_RDONLY, "")
         try:
-            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            self.fd = os.open(path, flags | os.O_CLOEXEC)
         except OSError as e:
-            raise ImageError(f"cannot open header {path}: {e.strerror}") from None
+            raise ImageError(f"cannot open header {path}{purpose}: {e.strerror}") from None
 
     def read_at(self, offset: int, length: int) -> bytes:
         return os.pread(self.fd, length, offset)

@@ -16,7 +16,7 @@ LUKS1 has one header of 592 bytes, written whole.
 import hashlib
 import os
 
-from ..errors import FormatError, ImageError
+from ..errors import FormatError
 from . import jsonc, luks, luks1, luks2
 
 
@@ -33,11 +33,7 @@ class WritableHeader(luks.HeaderFile):
     """The file holding a LUKS header, open for reading and writing."""
 
     def __init__(self, path: str):
-        self.path = path
-        try:
-            self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as e:
-            raise ImageError(f"cannot open {path} for writing: {e.strerror}") from None
+        super().__init__(path, writable=True)
 
     def write(self, offset: int, data: bytes | bytearray) -> None:
         write_at(self.fd, data, offset)
