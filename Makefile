@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 APT    := fuse3 libfuse3-dev pkg-config fio qemu-utils qemu-system-common cryptsetup-bin \
-          libjson-c5 util-linux e2fsprogs gcc libssl-dev
+          libjson-c5 util-linux e2fsprogs gcc libssl-dev nbdkit nbdkit-plugin-python libnbd-bin
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 # where `make install` links the cryptfs command: /usr/local as root, ~/.local otherwise
 PREFIX ?= $(shell [ "$$(id -u)" -eq 0 ] && echo /usr/local || echo $$HOME/.local)
@@ -24,10 +24,10 @@ system:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
 
-$(VENV)/.installed: pyproject.toml setup.py backends/_native.c
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard backends/*.c backends/*.h cryptfs/fuse/*.c)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]'
-	@$(PY) -c 'from backends import native; print(native.UNAVAILABLE or "native core built")'
+	$(PY) -m pip install -q -e '.[test,bench]'
+	@$(PY) -c 'from cryptfs.backends import native; print(native.UNAVAILABLE or "native core built")'
 	touch $@
 
 install: deps

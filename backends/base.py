@@ -48,6 +48,11 @@ class CryptoFailure(Exception):
         self.errno = errno_
 
 
+class Unavailable(CryptoFailure):
+    """The backend cannot run on this installation (its compiled part is not built); the
+    stack serves on ``software`` instead and says why."""
+
+
 @dataclass(slots=True, eq=False)
 class CryptoRequest:
     op: Op
@@ -135,10 +140,3 @@ class BackendStats:
             return {"requests": self.requests, "data_units": self.data_units,
                     "bytes": self.bytes, "errors": self.errors, **self.extra}
 
-
-def at_least(low):
-    """An ``OPTIONS`` check: the value must be at least ``low``."""
-    def check(value):
-        if value < low:
-            raise ValueError(f"at least {low}")
-    return check

@@ -27,53 +27,53 @@ import errno
 import random
 import time
 from collections import deque
+from dataclasses import dataclass
 
 import trio
-import trio.testing
 
-from cryptfs.spec import CipherSpec
+from cryptfs.backends.base import RESTART, BackendStats, Caps, CryptoRequest, Status, Unavailable
+from cryptfs.backends.multidu import MultiDuBackend
+from cryptfs.backends.software import SoftwareBackend
+from cryptfs.crypto.spec import CipherSpec
+from cryptfs.util.latency import LatencyWindow
+from cryptfs.util.options import at_least, option, probability
 
-from .base import RESTART, BackendStats, Caps, CryptoRequest, Status, at_least
-from .latency import LatencyWindow
-from .multidu import MultiDuBackend
 
-
-def _probability(value) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError("between 0 and 1")
+@dataclass
+class EngineOptions:
+    queue_depth: int = option(64, "ring slots", at_least(1))
+    channels: int = option(1, "jobs the engine runs at once", at_least(1))
+    setup_us: float = option(20.0, "per-job setup latency, microseconds", at_least(0))
+    per_unit_us: float = option(0.5, "per data unit cost, microseconds", at_least(0))
+    throughput_mbps: float = option(1000.0, "bytes per second per channel, MB/s", at_least(1))
+    native_multi_du: bool = option(True, "one job per request (else one per data unit)")
+    error_rate: float = option(0.0, "fault: completions with -EIO", probability)
+    lost_rate: float = option(0.0, "fault: completions that never come", probability)
+    busy_storm_every: int = option(0, "fault: every N submissions the ring claims to be full "
+                                   "(0: never)", at_least(0))
+    busy_storm_length: int = option(16, "fault: submissions a storm lasts", at_least(1))
+    nomem_rate: float = option(0.0, "fault: -ENOMEM for multi-unit requests", probability)
+    corrupt: bool = option(False, "fault: wrong output (the self-test refuses the engine)")
+    seed: int = option(0, "seed of the fault streams")
 
 
 class EngineBackend:
     name = "engine"
-    OPTIONS = {
-        "queue_depth": (int, 64, at_least(1), "ring slots"),
-        "channels": (int, 1, at_least(1), "jobs the engine runs at once"),
-        "setup_us": (float, 20.0, at_least(0), "per-job setup latency, microseconds"),
-        "per_unit_us": (float, 0.5, at_least(0), "per data unit cost, microseconds"),
-        "throughput_mbps": (float, 1000.0, at_least(1), "bytes per second per channel, MB/s"),
-        "native_multi_du": (bool, True, None, "one job per request (else one per data unit)"),
-        "error_rate": (float, 0.0, _probability, "fault: completions with -EIO"),
-        "lost_rate": (float, 0.0, _probability, "fault: completions that never come"),
-        "busy_storm_every": (int, 0, at_least(0),
-                             "fault: every N submissions the ring claims to be full (0: never)"),
-        "busy_storm_length": (int, 16, at_least(1), "fault: submissions a storm lasts"),
-        "nomem_rate": (float, 0.0, _probability, "fault: -ENOMEM for multi-unit requests"),
-        "corrupt": (bool, False, None, "fault: wrong output (the self-test refuses the engine)"),
-        "seed": (int, 0, None, "seed of the fault streams"),
-    }
+    Options = EngineOptions
 
-    def __init__(self, spec: CipherSpec, key: bytes | bytearray, options: dict | None = None,
-                 threads: int = 1):
+    def __init__(self, spec: CipherSpec, key: bytes | bytearray,
+                 options: EngineOptions | None = None, threads: int = 1):
         """``threads`` is ignored: the engine computes its bytes on its own task, one job at a
         time per channel, so the host CPU it stands for can be measured."""
-        o = {name: default for name, (_, default, _, _) in self.OPTIONS.items()}
-        o.update(options or {})
-        self.options = o
-        self._cipher = MultiDuBackend(spec, key, {})    # its bytes: the native core
-        self.caps = Caps(native_multi_du=o["native_multi_du"], asynchronous=True,
+        o = self.options = options or EngineOptions()
+        try:
+            self._cipher = MultiDuBackend(spec, key)      # its bytes: the native core
+        except Unavailable:
+            self._cipher = SoftwareBackend(spec, key)     # or the reference, auto-split
+        self.caps = Caps(native_multi_du=o.native_multi_du, asynchronous=True,
                          derived_iv_modes=self._cipher.caps.derived_iv_modes,
-                         max_queue=o["queue_depth"])
-        rng = random.Random(o["seed"])
+                         max_queue=o.queue_depth)
+        rng = random.Random(o.seed)
         self._faults = {name: random.Random(rng.random())
                         for name in ("error", "lost", "nomem")}
         self._send, self._jobs = trio.open_memory_channel(float("inf"))
@@ -92,10 +92,10 @@ class EngineBackend:
     def submit(self, req: CryptoRequest) -> Status:
         self._stats.count(req)
         self._submitted += 1
-        every = self.options["busy_storm_every"]
-        storm = every and (self._submitted % every) < self.options["busy_storm_length"]
+        every = self.options.busy_storm_every
+        storm = every and (self._submitted % every) < self.options.busy_storm_length
         job = (req, time.monotonic())
-        if self._in_ring < self.options["queue_depth"] and not storm and not self._backlog:
+        if self._in_ring < self.options.queue_depth and not storm and not self._backlog:
             self._in_ring += 1
             self._send.send_nowait(job)
             return Status.IN_PROGRESS
@@ -103,7 +103,7 @@ class EngineBackend:
         self._extra["busy"] += 1
         self._extra["backlog_high_water"] = max(self._extra["backlog_high_water"],
                                                 len(self._backlog))
-        if self._in_ring < self.options["queue_depth"]:
+        if self._in_ring < self.options.queue_depth:
             # a storm with free slots: no completion will free one, so the engine looks again
             self._nursery.start_soon(self._promote_after_setup)
         return Status.BUSY
@@ -114,15 +114,15 @@ class EngineBackend:
         """The engine: ``channels`` tasks taking jobs from the ring.  Runs until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for _ in range(self.options["channels"]):
+            for _ in range(self.options.channels):
                 nursery.start_soon(self._channel)
             task_status.started()
 
     def _duration(self, req: CryptoRequest) -> float:
         o = self.options
-        jobs = 1 if o["native_multi_du"] else req.n_units
-        return (jobs * o["setup_us"] + req.n_units * o["per_unit_us"]) / 1e6 + \
-            len(req.src) / (o["throughput_mbps"] * 1e6)
+        jobs = 1 if o.native_multi_du else req.n_units
+        return (jobs * o.setup_us + req.n_units * o.per_unit_us) / 1e6 + \
+            len(req.src) / (o.throughput_mbps * 1e6)
 
     async def _channel(self) -> None:
         async for req, queued in self._jobs:
@@ -135,7 +135,7 @@ class EngineBackend:
             self._extra["engine_busy_s"] += seconds
             self._in_ring -= 1
             self._promote()
-            if self._faults["lost"].random() < self.options["lost_rate"]:
+            if self._faults["lost"].random() < self.options.lost_rate:
                 self._extra["lost"] += 1
                 continue
             self._extra["completed"] += 1
@@ -149,7 +149,7 @@ class EngineBackend:
         the mock clock of the tests, far too coarse for microsecond jobs.  So the last stretch
         is spent yielding to other tasks in a loop; that CPU time is the simulation's, counted
         as ``engine_wait_cpu_s`` and left out of host CPU like the compute."""
-        if isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
+        if hasattr(trio.lowlevel.current_clock(), "jump"):     # simulated time (tests)
             await trio.sleep_until(deadline)
             return
         if deadline - trio.current_time() > 0.002:
@@ -161,27 +161,27 @@ class EngineBackend:
 
     def _execute(self, req: CryptoRequest) -> int:
         """Compute the request's bytes, or the error a fault calls for (0 or -errno)."""
-        if req.n_units > 1 and self._faults["nomem"].random() < self.options["nomem_rate"]:
+        if req.n_units > 1 and self._faults["nomem"].random() < self.options.nomem_rate:
             self._extra["nomem_injected"] += 1
             return -errno.ENOMEM
-        if self._faults["error"].random() < self.options["error_rate"]:
+        if self._faults["error"].random() < self.options.error_rate:
             self._extra["errors_injected"] += 1
             self._stats.add("errors")
             return -errno.EIO
         start = time.thread_time()
         self._cipher.submit(req)
-        if self.options["corrupt"]:
+        if self.options.corrupt:
             req.dst[0] ^= 0x5A
         self._extra["engine_compute_cpu_s"] += time.thread_time() - start
         return 0
 
     async def _promote_after_setup(self) -> None:
-        await trio.sleep(self.options["setup_us"] / 1e6)
+        await trio.sleep(self.options.setup_us / 1e6)
         self._promote()
 
     def _promote(self) -> None:
         """A slot came free: the oldest backlogged request enters the ring (and is told)."""
-        while self._backlog and self._in_ring < self.options["queue_depth"]:
+        while self._backlog and self._in_ring < self.options.queue_depth:
             job = self._backlog.popleft()
             self._in_ring += 1
             self._send.send_nowait(job)

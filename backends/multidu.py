@@ -1,94 +1,79 @@
 """``multidu``: native multi data unit crypto — one request per bio, one call per request.
 
-The work is done by the native core (:mod:`backends.native`): every data unit of the request
-through one keyed OpenSSL context, each unit's IV derived in C — the counters (plain's wrapping
-at 2^32 as dm-crypt's does), ESSIV, benbi and null from the plain64 counter the request carries —
-with the GIL released, and a large request's units split over ``threads`` threads.  Where
-the core is not built, the pure-Python path (:mod:`backends.vectorised`) does the same work with
-numpy and is logged once.  Either way the backend is synchronous: every request is DONE.
+The work is done by the native core (:mod:`cryptfs.backends.native`): every data unit of the
+request through one keyed OpenSSL context, each unit's IV derived in C — the counters (plain's
+wrapping at 2^32 as dm-crypt's does), ESSIV, benbi and null from the plain64 counter the
+request carries — with the GIL released, and a large request's units split over ``threads``
+threads.  Where the core is not built this backend is unavailable (:class:`Unavailable`): the
+stack serves on ``software`` and says so.  The backend is synchronous: every request is DONE.
 """
 
-import logging
+from dataclasses import dataclass
 
-from cryptfs.spec import CipherSpec
+from cryptfs.backends import native
+from cryptfs.backends.aes import UnitCipher
+from cryptfs.backends.base import (
+    BackendStats,
+    Caps,
+    CryptoFailure,
+    CryptoRequest,
+    Op,
+    Status,
+    Unavailable,
+)
+from cryptfs.crypto.spec import CipherSpec
+from cryptfs.util.options import at_least, option
 
-from . import native
-from .aes import UnitCipher
-from .base import BackendStats, Caps, CryptoFailure, CryptoRequest, Op, Status, at_least
-from .vectorised import VectorisedCipher
-
-log = logging.getLogger(__name__)
-#: IV modes this backend derives per unit itself (beyond the counter modes every backend takes):
-#: from the plain64 counter the request carries, or — plain — with dm-crypt's 32-bit wrap.
-DERIVED_IV_MODES = frozenset({"essiv", "benbi", "null", "plain"})
 #: Waking a worker thread costs 0.05-0.2 ms on the 2-vCPU machine this was measured on (a
 #: cross-CPU wake-up in a VM).  fio through the device there (3 runs each, interleaved): 1 MiB
 #: sequential reads 927 MiB/s unsplit, 1236-1494 split; 128 KiB bios the same either way
 #: (709-752 MiB/s) at 20 % more CPU split.  So bios from 512 KiB are split.
 SPLIT_BYTES = 512 << 10
-_warned = False
+
+
+@dataclass
+class MultiDuOptions:
+    data_unit_sizes: list = option((), "data unit sizes the native path accepts; empty: "
+                                   "512..4096", kind=list)
+    split_bytes: int = option(SPLIT_BYTES, "bios of at least this many bytes are split over "
+                              "[pipeline] crypto_threads threads (0: never)", at_least(0))
 
 
 class MultiDuBackend:
     name = "multidu"
-    OPTIONS = {
-        "data_unit_sizes": (list, [], None,
-                            "data unit sizes the native path accepts; empty: 512..4096"),
-        "native": (bool, True, None, "use the native core where it is built (false: the "
-                                     "pure-Python path, for comparison)"),
-        "min_units": (int, 0, None, "pure-Python path: vectorise from this many units; 0: the "
-                                    "measured cut-off"),
-        "split_bytes": (int, SPLIT_BYTES, at_least(0),
-                        "native core: bios of at least this many bytes are split over "
-                        "[pipeline] crypto_threads threads (0: never)"),
-    }
+    Options = MultiDuOptions
 
-    def __init__(self, spec: CipherSpec, key: bytes | bytearray, options: dict | None = None,
-                 threads: int = 1):
-        global _warned
-        options = options or {}
-        sizes = options.get("data_unit_sizes") or []
+    def __init__(self, spec: CipherSpec, key: bytes | bytearray,
+                 options: MultiDuOptions | None = None, threads: int = 1):
+        options = options or MultiDuOptions()
+        if native.UNAVAILABLE:
+            raise Unavailable(native.UNAVAILABLE)
+        sizes = options.data_unit_sizes
         if not all(isinstance(s, int) for s in sizes):
             raise CryptoFailure("data_unit_sizes must list integers")
-        self.caps = Caps(native_multi_du=True, derived_iv_modes=DERIVED_IV_MODES,
+        self.caps = Caps(native_multi_du=True, derived_iv_modes=native.DERIVED_IV_MODES,
                          data_unit_sizes=frozenset(sizes) or None)
-        UnitCipher(spec.mode, key)             # refuses a key exactly as software does
-        self.native = options.get("native", True) and native.AVAILABLE
-        self._crypt = None
-        if self.native:
-            self._cipher = native.keyed_core(spec, key)
-            self._crypt = self._cipher.crypt
-        else:
-            if options.get("native", True) and not _warned:
-                log.warning("%s: multidu runs on its pure-Python path", native.UNAVAILABLE)
-                _warned = True
-            self._cipher = VectorisedCipher(spec, key, options.get("min_units", 0))
+        UnitCipher(spec.chain, key)             # refuses a key exactly as software does
+        self.core = native.keyed_core(spec, key)
+        self._crypt = self.core.crypt
         self.threads = max(1, threads)
-        self._split = options.get("split_bytes", SPLIT_BYTES) or 1 << 62
+        self.split_bytes = options.split_bytes or 1 << 62
         self._stats = BackendStats()
-
-    @property
-    def implementation(self) -> str:
-        """What does the work: for status and the log."""
-        if self.native:
-            return f"native core ({native.openssl_version()})"
-        return "pure-Python path (numpy; the native core is not built)" \
-            if native.UNAVAILABLE else "pure-Python path (numpy)"
 
     def submit(self, req: CryptoRequest) -> Status:
         du = req.data_unit_size
-        if self.caps.data_unit_sizes and du not in self.caps.data_unit_sizes:
-            raise CryptoFailure(f"data unit size {du} not supported by this engine")
+        if self.caps.data_unit_sizes and du not in self.caps.data_unit_sizes and \
+                len(req.src) > du:
+            raise CryptoFailure(f"multi data unit requests of {du}-byte units are not "
+                                "supported by this engine")
         self._stats.count(req)
-        if self._crypt:
-            self._crypt(req.op is Op.ENCRYPT, req.src, req.dst, req.iv, du, req.iv_step,
-                        self.threads if len(req.src) >= self._split else 1)
-        elif self._cipher.crypt(req.op, req.src, req.dst, req.iv, du, req.iv_step):
-            self._stats.add("vectorised")
+        self._crypt(req.op is Op.ENCRYPT, req.src, req.dst, req.iv, du, req.iv_step,
+                    self.threads if len(req.src) >= self.split_bytes else 1)
         return Status.DONE
 
     def statistics(self) -> dict:
-        return {**self._stats.as_dict(), "implementation": self.implementation}
+        return {**self._stats.as_dict(),
+                "implementation": f"native core ({native.openssl_version()})"}
 
     def close(self) -> None:
-        self._cipher.close()       # the key bytes are the caller's to wipe
+        self.core.close()       # the key bytes are the caller's to wipe

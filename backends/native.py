@@ -1,27 +1,33 @@
-"""The native core, :mod:`backends._native` (``backends/_native.c``), if it was built.
+"""The native core, :mod:`cryptfs.backends._native` (``backends/_native.c`` over
+``backends/core.c``), if it was built.
 
 The package's build compiles it against OpenSSL's libcrypto; where that could not happen (no
-compiler or no OpenSSL headers), ``AVAILABLE`` is False, ``UNAVAILABLE`` says why, and
-``multidu`` runs on its pure-Python path (:mod:`backends.vectorised`) instead.
+compiler or no OpenSSL headers), ``UNAVAILABLE`` says why and ``multidu`` is unavailable: the
+stack serves on ``software`` and says so.
 
 A core is keyed once (:func:`keyed_core`); ``core.crypt(encrypt, src, dst, iv, data_unit_size,
 iv_step, threads)`` converts a whole multi data unit request — IVs as the contract of
-:mod:`backends.base` defines them — with the GIL released, thread-safe, and raises
-``NativeError``, a :class:`~backends.base.CryptoFailure`, if OpenSSL fails.
+:mod:`cryptfs.backends.base` defines them — with the GIL released, thread-safe, and raises
+``NativeError``, a :class:`~cryptfs.backends.base.CryptoFailure`, if OpenSSL fails.
 """
 
-from cryptfs.spec import CipherSpec
-
-from .base import CryptoFailure
+from cryptfs.backends.base import CryptoFailure
+from cryptfs.crypto.ivgen import IV_MODES
+from cryptfs.crypto.spec import CipherSpec
 
 try:
-    from . import _native
+    from cryptfs.backends import _native
 except ImportError as e:
     _native = None
     UNAVAILABLE: str | None = f"the native core is not built ({e})"
 else:
     UNAVAILABLE = None
-AVAILABLE = _native is not None
+
+#: The IV modes whose per-unit IVs the core derives itself in one multi data unit request:
+#: every mode of the table that is not a full 128-bit counter (the core implements each one;
+#: the known-answer self-test at open checks it against the table).
+DERIVED_IV_MODES = frozenset(name for name, mode in IV_MODES.items()
+                             if mode.byteorder is None or mode.counter_bits < 128)
 
 
 def keyed_core(spec: CipherSpec, key: bytes | bytearray):
@@ -29,9 +35,9 @@ def keyed_core(spec: CipherSpec, key: bytes | bytearray):
     if _native is None:
         raise CryptoFailure(UNAVAILABLE)
     try:
-        return _native.Core(spec.mode, key, spec.ivmode, spec.ivopts)
+        return _native.Core(spec.chain, key, spec.ivmode, spec.ivopts)
     except ValueError as e:
-        raise CryptoFailure(f"AES-{spec.mode.upper()} refuses this key: {e}") from None
+        raise CryptoFailure(f"{spec} refuses this key: {e}") from None
 
 
 def openssl_version() -> str | None:

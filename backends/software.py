@@ -4,23 +4,29 @@ Multi data unit requests are served by the generic auto-splitter (:func:`split_u
 backend is correct for every mode but gains nothing from batching: it is the baseline.
 """
 
-from cryptfs.ivgen import IV_MODES
-from cryptfs.spec import CipherSpec
+from dataclasses import dataclass
 
-from .aes import UnitCipher
-from .base import BackendStats, Caps, CryptoRequest, Status, split_units
+from cryptfs.backends.aes import UnitCipher
+from cryptfs.backends.base import BackendStats, Caps, CryptoRequest, Status, split_units
+from cryptfs.crypto.ivgen import IV_MODES
+from cryptfs.crypto.spec import CipherSpec
+
+
+@dataclass
+class NoOptions:
+    """software has no options of its own."""
 
 
 class SoftwareBackend:
     name = "software"
     caps = Caps()
-    OPTIONS: dict = {}
+    Options = NoOptions
 
-    def __init__(self, spec: CipherSpec, key: bytes | bytearray, options: dict | None = None,
+    def __init__(self, spec: CipherSpec, key: bytes | bytearray, options: NoOptions | None = None,
                  threads: int = 1):
         """``threads`` is ignored: one cipher call per data unit, on the caller's thread."""
-        self._cipher = UnitCipher(spec.mode, key)
-        self._byteorder = IV_MODES[spec.ivmode].counter
+        self._cipher = UnitCipher(spec.chain, key)
+        self._byteorder = IV_MODES[spec.ivmode].byteorder
         self._stats = BackendStats()
 
     def submit(self, req: CryptoRequest) -> Status:

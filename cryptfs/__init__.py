@@ -20,15 +20,15 @@ __version__ = "0.1.0"
 __all__ = ["EncryptedImage", "errors", "format_image", "open_image", "read_header"]
 
 if TYPE_CHECKING:
-    from . import errors
-    from .api import EncryptedImage, format_image, open_image, read_header
+    from cryptfs import errors
+    from cryptfs.api import EncryptedImage, format_image, open_image, read_header
 
 
 def __getattr__(name: str):
     if name == "errors":
-        from . import errors
+        from cryptfs import errors
         return errors
     if name in __all__:
-        from . import api
+        from cryptfs import api
         return getattr(api, name)
     raise AttributeError(f"module 'cryptfs' has no attribute {name!r}")

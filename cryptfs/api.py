@@ -12,20 +12,24 @@ import os
 import threading
 from typing import Any
 
-from .config import SECTIONS, Config
-from .errors import BusyError, ConfigError, KeyMaterialError
-from .formats import luks
-from .formats.create import format_image as _format
-from .formats.luks1 import Luks1Header
-from .formats.luks2 import Luks2Header
-from .formats.params import FormatOptions
-from .keys import Secret, read_key_file
-from .stack import Stack, assemble
-from .volume import KeySource
+from cryptfs.core.config import SECTIONS, Config
+from cryptfs.core.volume import KeySource
+from cryptfs.crypto.keys import Secret, read_key_file
+from cryptfs.errors import BusyError, ConfigError, KeyMaterialError
+from cryptfs.formats import luks
+from cryptfs.formats.create import format_image as _format
+from cryptfs.formats.luks1 import Luks1Header
+from cryptfs.formats.luks2.header import Luks2Header
+from cryptfs.formats.params import FormatOptions
+from cryptfs.stack import Stack, assemble
 
 #: plain-mode options ``open_image`` takes as keyword arguments (config keys, cryptsetup's
 #: meanings): cipher, key_size, hash, sector_size, iv_large_sectors, offset, skip
 PLAIN_OPTIONS = {key for section, key in luks.PLAIN_ONLY}
+
+
+#: the piece a large read or write is converted in (see EncryptedImage._pieces)
+CHUNK = 4 << 20
 
 
 class EncryptedImage(io.RawIOBase):
@@ -73,27 +77,59 @@ class EncryptedImage(io.RawIOBase):
         """Fill ``buffer`` from the position; the number of bytes read (0 at the end)."""
         self._checkClosed()
         view = memoryview(buffer).cast("B")
-        data = self._device.read(self._advance(len(view)), len(view))
-        view[:len(data)] = data
-        return len(data)
+        return self._read_into(view, self._advance(len(view)))
 
     def write(self, data) -> int:
         """Write ``data`` at the position; the number of bytes written (short at the end)."""
         self._checkClosed()
         view = memoryview(data).cast("B")
-        return self._device.write(self._advance(len(view)), view)
+        return self._write_from(view, self._advance(len(view)))
 
     def pread(self, length: int, offset: int) -> bytes:
         """``length`` bytes at ``offset`` (fewer at the end), leaving the position alone: for
         threads sharing the object, as :func:`os.pread`."""
         self._checkClosed()
-        return bytes(self._device.read(offset, length))
+        buffer = bytearray(max(0, min(length, self.size - offset)))
+        del buffer[self._read_into(memoryview(buffer), offset):]
+        return bytes(buffer)
 
     def pwrite(self, data, offset: int) -> int:
         """Write ``data`` at ``offset``, leaving the position alone, as :func:`os.pwrite`;
         the number of bytes written (short at the end)."""
         self._checkClosed()
-        return self._device.write(offset, memoryview(data).cast("B"))
+        return self._write_from(memoryview(data).cast("B"), offset)
+
+    # Large requests go in pieces of CHUNK bytes, on CHUNK boundaries of the device, so the
+    # memory a request needs beyond its own buffer stays that of one piece (a 1 GiB read
+    # held three copies of it at once before).
+
+    def _pieces(self, offset: int, length: int):
+        """(offset, start, end): the pieces of [offset, offset + length), relative starts."""
+        done = 0
+        while done < length:
+            at = offset + done
+            n = min(length - done, CHUNK - at % CHUNK)
+            yield at, done, done + n
+            done += n
+
+    def _read_into(self, view: memoryview, offset: int) -> int:
+        got = 0
+        for at, start, end in self._pieces(offset, len(view)):
+            data = self._device.read(at, end - start)
+            view[start:start + len(data)] = data
+            got += len(data)
+            if len(data) < end - start:
+                break
+        return got
+
+    def _write_from(self, view: memoryview, offset: int) -> int:
+        written = 0
+        for at, start, end in self._pieces(offset, len(view)):
+            n = self._device.write(at, view[start:end])
+            written += n
+            if n < end - start:
+                break
+        return written
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         self._checkClosed()
@@ -159,13 +195,23 @@ def open_image(path: str | os.PathLike, *, passphrase: str | bytes | None = None
     if config.backend.name == "engine":
         raise ConfigError("backend engine is asynchronous: it serves only the FUSE device "
                           "(cryptfs open)")
-    secret = None if passphrase is None else Secret(
-        passphrase.encode() if isinstance(passphrase, str) else passphrase)
-    keys = KeySource(config.crypto.key_file, given=secret)
+    keys = KeySource(config.crypto.key_file,
+                     given=None if passphrase is None else _passphrase(passphrase))
     try:
         return EncryptedImage(assemble(os.fspath(path), config, keys))
     finally:
         keys.wipe()
+
+
+def _passphrase(value) -> Secret:
+    """A passphrase given by a program: str (UTF-8), bytes, bytearray or memoryview; TypeError
+    for anything else (an int would otherwise become that many zero bytes)."""
+    if isinstance(value, str):
+        return Secret(value.encode())
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return Secret(value)
+    raise TypeError(f"passphrase must be str, bytes, bytearray or memoryview, not "
+                    f"{type(value).__name__}")
 
 
 def _section(key: str) -> str:
@@ -204,8 +250,8 @@ def format_image(path: str | os.PathLike, *, passphrase: str | bytes | None = No
     if os.path.exists(path) and not format_options.header and not overwrite:
         raise BusyError(f"This overwrites the header area of {os.fspath(path)}; its data "
                         "becomes unreadable.  Pass overwrite=True to confirm.")
-    secret = read_key_file(os.fspath(key_file)) if passphrase is None else Secret(
-        passphrase.encode() if isinstance(passphrase, str) else passphrase)
+    secret = read_key_file(os.fspath(key_file)) if passphrase is None else \
+        _passphrase(passphrase)
     with secret:
         return _format(os.fspath(path), format_options, secret)
 

@@ -30,6 +30,10 @@ class KeyMaterialError(CryptfsError):
     exit_code = 2
 
 
+class NoPassphrase(KeyMaterialError):
+    """The prompt or the key file gave nothing."""
+
+
 class WrongPassphrase(KeyMaterialError):
     """The passphrase opens no key slot (at a terminal, cryptfs asks again)."""
 
@@ -69,3 +73,8 @@ class DeviceError(CryptfsError):
     def __init__(self, message: str, errno: int = _errno.EIO):
         super().__init__(message)
         self.errno = errno
+
+
+class DependencyError(CryptfsError):
+    """Something this needs is not installed (a Python extra, a system tool); the message
+    names what to install."""

@@ -5,20 +5,22 @@ The FUSE daemon (:mod:`cryptfs.daemon`) and the Python API both call :func:`asse
 daemon adds the trio side (request queue, FUSE operations) on top of the same device.
 """
 
+import logging
 from dataclasses import dataclass
 
-import backends
-from backends.base import Backend
-from backends.software import SoftwareBackend
+from cryptfs import backends
+from cryptfs.backends.base import Backend, Unavailable
+from cryptfs.backends.software import SoftwareBackend
+from cryptfs.core import selftest
+from cryptfs.core.config import Config, backend_options
+from cryptfs.core.convert import Converter
+from cryptfs.core.device import Device
+from cryptfs.core.image import Image
+from cryptfs.core.stats import Stats
+from cryptfs.core.volume import KeySource, Volume
+from cryptfs.formats import open_volume
 
-from .config import Config, backend_options
-from .convert import Converter
-from .device import Device
-from .formats import open_volume
-from .image import Image
-from .queue import crypto_threads
-from .stats import Stats
-from .volume import KeySource, Volume
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -58,8 +60,11 @@ def assemble(image_path: str, config: Config, keys: KeySource) -> Stack:
     The backend and its options are checked before the image is opened or any key is read.
     CryptfsError (one line) on any problem; nothing is left open then."""
     backend_class = backends.backend_class(config.backend.name)
-    options = backend_options(config, backend_class.OPTIONS)
+    options = backend_options(config, backend_class.Options)
     image = Image(image_path, read_only=config.device.read_only)
+    if image.read_only and not config.device.read_only:
+        log.warning("%s is a read-only block device: opening it read-only", image_path)
+        config.device.read_only = True
     try:
         volume = open_volume(image, config, keys)
     except BaseException:
@@ -73,16 +78,28 @@ def assemble(image_path: str, config: Config, keys: KeySource) -> Stack:
         raise
 
 
-def _build(image: Image, volume: Volume, config: Config, options: dict) -> Stack:
+def _build(image: Image, volume: Volume, config: Config, options) -> Stack:
     spec, key = volume.spec, volume.key.buffer
-    threads = crypto_threads(config.pipeline)
-    backend = backends.create(config.backend.name, spec, key, options, threads=threads)
+    threads = config.pipeline.threads
     fallback = SoftwareBackend(spec, key)
+    refused = None
+    try:
+        backend = backends.create(config.backend.name, spec, key, options, threads=threads)
+    except Unavailable as e:
+        log.warning("backend %s is unavailable (%s): using software", config.backend.name, e)
+        backend, refused = fallback, f"{config.backend.name} is unavailable: {e}"
     stats = Stats()
     device = Device(volume.geometry, image, _converter(backend, fallback, volume, config, stats),
-                    stats, read_only=config.device.read_only,
+                    stats, read_only=image.read_only,
                     allow_discards=config.device.allow_discards)
-    return Stack(image, volume, config, backend, fallback, device, stats)
+    stack = Stack(image, volume, config, backend, fallback, device, stats, refused)
+    if not backend.caps.asynchronous:       # asynchronous ones once their task runs
+        problem = selftest.check(backend, spec, key, volume.geometry, config.pipeline.mode)
+        if problem:
+            log.warning("backend %s failed its self-test (%s): using software instead",
+                        backend.name, problem)
+            stack.replace_backend(f"{backend.name} failed its self-test: {problem}")
+    return stack
 
 
 def _converter(backend: Backend, fallback: Backend, volume: Volume, config: Config,

@@ -29,12 +29,14 @@ def fuse_usable() -> str | None:
     return None
 
 
-needs_fuse = pytest.mark.skipif(fuse_usable() is not None, reason=str(fuse_usable()))
+#: a test that mounts: in the ``fuse`` lane, skipped (conftest) where FUSE is not usable
+needs_fuse = pytest.mark.fuse
 
 
 def needs(*tools: str):
-    missing = [t for t in tools if not have(t)]
-    return pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)}")
+    """A test that runs external tools: in the ``oracle`` lane, skipped (conftest) where one
+    is missing."""
+    return pytest.mark.oracle(*tools)
 
 
 def sha256(path: Path) -> str:
@@ -48,9 +50,16 @@ def write_random(path: Path, size: int, seed: int = 0) -> bytes:
     return data
 
 
+#: the data plane ``cryptfs open`` is asked for while a test uses the ``plane`` fixture
+#: (conftest.py), so the same test runs over both planes; None: the config decides
+PLANE: dict[str, str | None] = {"value": None}
+
+
 def cryptfs(*args: str, input: bytes | None = None, check: bool = False,
             timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the CLI as a user would: a separate process, bytes in, text out."""
+    if args and args[0] == "open" and PLANE["value"] and "--test-passphrase" not in args:
+        args = (*args, "--set", f"pipeline.plane={PLANE['value']!r}")
     result = subprocess.run([sys.executable, "-m", "cryptfs", *map(str, args)], input=input,
                             capture_output=True, timeout=timeout, cwd=ROOT)
     result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
@@ -154,10 +163,10 @@ def open_plain(image: Path, key: bytes, *, cipher: str = "aes-xts-plain64", offs
 
 
 def _daemon(image: Path, backend: str, backend_options: dict | None = None, **settings):
-    from cryptfs.config import SECTIONS, Config
-    from cryptfs.daemon import Daemon
+    from cryptfs.core.config import SECTIONS, Config
+    from cryptfs.core.volume import KeySource
+    from cryptfs.fuse.daemon import Daemon
     from cryptfs.stack import assemble
-    from cryptfs.volume import KeySource
 
     config = Config()
     config.set("backend", "name", backend)
@@ -229,3 +238,14 @@ def reencrypt_luks2(tmp_path, plaintext: bytes, sector_size: int, pbkdf: str, de
         f.truncate(len(plaintext) + (32 << 20))     # room the header takes from the end
     cryptsetup(*args, "--reduce-device-size", "32M", str(image))
     return image, None
+
+
+def fresh_copy(target) -> None:
+    """The tree as a clone of it would hold it (tracked and new files, nothing ignored)."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                            "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        if os.path.exists(ROOT / name):
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, target / name)

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from cryptfs.cli import default_log_file
-from cryptfs.mounts import mount_type
+from cryptfs.cli.commands import default_log_file
+from cryptfs.fuse.mounts import mount_type
 from helpers import ROOT, cryptfs, force_unmount, mounted, needs_fuse, sha256
 
 
@@ -218,14 +218,14 @@ def test_status_lists_and_close_all_in_a_private_mount_namespace(luks, tmp_path)
     table, listed = out.split("\n[", 1)[0], json.loads("[" + out.split("\n[", 1)[1]
                                                         .split("\n]\n", 1)[0] + "\n]")
     assert table.splitlines()[0].split() == ["MOUNTPOINT", "IMAGE", "TYPE", "PID", "BACKEND",
-                                             "LOG"]
+                                             "PLANE", "LOG"]
     assert {d["mountpoint"] for d in listed} == {str(mnt), str(mnt2)}
     rows = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
     for d in listed:
         s = d["status"]
         assert rows[d["mountpoint"]][1:] == [
             s["image"], s["type"] + (",ro" if s["read_only"] else ""), str(s["pid"]),
-            f"{s['backend']}/{s['crypto_path']}", default_log_file()]
+            f"{s['backend']}/{s['crypto_path']}", s["plane"], default_log_file()]
     assert f"{mnt2}/device is active (read-only)." in out
     assert out.rstrip().endswith("no cryptfs device is open")
 

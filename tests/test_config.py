@@ -1,11 +1,14 @@
 """Config: the reference, and one clear line for every kind of mistake."""
 
 import re
+from dataclasses import dataclass
 
 import pytest
 
-from cryptfs.config import Config, backend_options, load, reference
+from cryptfs.backends.software import NoOptions
+from cryptfs.core.config import Config, backend_options, load, reference
 from cryptfs.errors import ConfigError
+from cryptfs.util.options import option
 
 
 def write(tmp_path, text):
@@ -77,15 +80,18 @@ def test_cli_override_is_checked_and_named_as_the_flag():
 def test_backend_options_are_checked_against_the_backend(tmp_path):
     c = load(write(tmp_path, "[backend]\nname = 'software'\n[backend.software]\nspeed = 3\n"))
     with pytest.raises(ConfigError, match=r"unknown key \[backend.software\] speed"):
-        backend_options(c, {})
+        backend_options(c, NoOptions)
     c = load(write(tmp_path, "[backend]\nname = 'software'\n[backend.engine]\nx = 1\n"))
     with pytest.raises(ConfigError, match=r"\[backend.engine\] given but the backend is"):
-        backend_options(c, {})
-    declared = {"depth": (int, 4, None, "slots")}
+        backend_options(c, NoOptions)
+
+    @dataclass
+    class Declared:
+        depth: int = option(4, "slots")
     c = load(write(tmp_path, "[backend]\nname = 'software'\n[backend.software]\ndepth = 'deep'\n"))
     with pytest.raises(ConfigError, match="depth must be an integer"):
-        backend_options(c, declared)
-    assert backend_options(load(None), declared) == {"depth": 4}
+        backend_options(c, Declared)
+    assert backend_options(load(None), Declared) == Declared(depth=4)
 
 
 @pytest.mark.parametrize("backend, key, value, rule", [
@@ -94,11 +100,11 @@ def test_backend_options_are_checked_against_the_backend(tmp_path):
     ("engine", "error_rate", 1.5, "between 0 and 1"),
 ])
 def test_backend_options_are_checked_against_their_bounds(tmp_path, backend, key, value, rule):
-    import backends
+    from cryptfs import backends
     c = load(write(tmp_path, f"[backend]\nname = '{backend}'\n[backend.{backend}]\n"
                              f"{key} = {value}\n"))
     with pytest.raises(ConfigError, match=rf"\[backend.{backend}\] {key}.*{rule}"):
-        backend_options(c, backends.backend_class(backend).OPTIONS)
+        backend_options(c, backends.backend_class(backend).Options)
 
 
 def test_reference_lists_every_key():
@@ -109,7 +115,7 @@ def test_reference_lists_every_key():
 
 
 def test_set_from_the_command_line():
-    from cryptfs.config import apply_setting
+    from cryptfs.core.config import apply_setting
     c = Config()
     apply_setting(c, "pipeline.mode=per_sector")
     apply_setting(c, "backend.engine.error_rate=0.01")

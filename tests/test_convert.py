@@ -8,14 +8,14 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from backends.aes import UnitCipher
-from backends.base import RESTART, Caps, CryptoFailure, Op, Status
-from backends.software import SoftwareBackend
-from cryptfs.convert import Converter
+from cryptfs.backends.aes import UnitCipher
+from cryptfs.backends.base import RESTART, Caps, CryptoFailure, Op, Status
+from cryptfs.backends.software import SoftwareBackend
+from cryptfs.core.convert import Converter
+from cryptfs.core.geometry import Geometry
+from cryptfs.core.stats import Stats
+from cryptfs.crypto.spec import parse_spec
 from cryptfs.errors import DeviceError
-from cryptfs.geometry import Geometry
-from cryptfs.spec import parse_spec
-from cryptfs.stats import Stats
 
 SPEC = parse_spec("aes-xts-plain64")
 KEY = bytes(range(64))

@@ -19,11 +19,11 @@ import time
 
 import pytest
 
-from cryptfs.config import Config
+from cryptfs.core.config import Config
+from cryptfs.core.image import Image
+from cryptfs.core.volume import KeySource
 from cryptfs.errors import WrongPassphrase
 from cryptfs.formats import open_volume
-from cryptfs.image import Image
-from cryptfs.volume import KeySource
 from helpers import ROOT, needs
 
 pytestmark = [needs("cryptsetup"), pytest.mark.oracle]
@@ -90,7 +90,7 @@ def run_killed_at(args: list[str], write: int, sectors: int = 0) -> int:
             return real(fd, data, offset)
         os.pwrite = pwrite
         try:
-            from cryptfs.cli import main
+            from cryptfs.cli.commands import main
             sys.stdin = open(os.devnull)
             code = main(args)
         except BaseException:
@@ -145,7 +145,7 @@ def check_survivor(image, secrets, op: str, where: str) -> None:
     assert mine in allowed, f"{where}: cryptfs opens with {sorted(mine)}"
     assert cryptsetup_opens(theirs, secrets) == mine, where
     # the next command works on what was left: add p3, with a passphrase that still opens
-    from cryptfs.cli import main
+    from cryptfs.cli.commands import main
     with_key = sorted(mine & {"p0", "p1", "p2"})[0]
     assert main(["luksAddKey", str(image), str(secrets["p3"]), "-d", str(secrets[with_key]),
                  "-q", *CHEAP]) == 0, where

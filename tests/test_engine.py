@@ -9,13 +9,13 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from backends.base import RESTART, CryptoRequest, Op, Status
-from backends.engine import EngineBackend
-from backends.software import SoftwareBackend
-from cryptfs.convert import Converter
-from cryptfs.geometry import Geometry
-from cryptfs.spec import parse_spec
-from cryptfs.stats import Stats
+from cryptfs.backends.base import RESTART, CryptoRequest, Op, Status
+from cryptfs.backends.engine import EngineBackend, EngineOptions
+from cryptfs.backends.software import SoftwareBackend
+from cryptfs.core.convert import Converter
+from cryptfs.core.geometry import Geometry
+from cryptfs.core.stats import Stats
+from cryptfs.crypto.spec import parse_spec
 from helpers import open_plain
 
 SPEC = parse_spec("aes-xts-plain64")
@@ -40,7 +40,7 @@ def request(n_units: int, first: int, log: list, label) -> CryptoRequest:
 
 
 async def test_ring_backlog_restart_and_completion_order(autojump_clock):
-    engine = EngineBackend(SPEC, bytearray(KEY), {"queue_depth": 2, "channels": 1})
+    engine = EngineBackend(SPEC, bytearray(KEY), EngineOptions(queue_depth=2, channels=1))
     log = []
     async with trio.open_nursery() as nursery:
         await nursery.start(engine.run)
@@ -69,7 +69,7 @@ async def test_ring_backlog_restart_and_completion_order(autojump_clock):
 async def test_timing_model(autojump_clock, native):
     o = {"setup_us": 100.0, "per_unit_us": 2.0, "throughput_mbps": 512.0,
          "native_multi_du": native}
-    engine = EngineBackend(SPEC, bytearray(KEY), o)
+    engine = EngineBackend(SPEC, bytearray(KEY), EngineOptions(**o))
     log = []
     async with trio.open_nursery() as nursery:
         await nursery.start(engine.run)
@@ -99,7 +99,7 @@ def converter(engine, timeout=1.0, mode="multi_du"):
 ])
 async def test_faults_never_give_wrong_data_and_always_finish(autojump_clock, fault, options,
                                                               counter):
-    engine = EngineBackend(SPEC, bytearray(KEY), {"seed": 3, **options})
+    engine = EngineBackend(SPEC, bytearray(KEY), EngineOptions(seed=3, **options))
     conv, stats = converter(engine, mode="per_sector" if fault == "storms" else "multi_du")
     async with trio.open_nursery() as nursery:
         await nursery.start(engine.run)
@@ -113,7 +113,7 @@ async def test_faults_never_give_wrong_data_and_always_finish(autojump_clock, fa
 
 
 async def test_a_lost_completion_is_caught_by_the_timeout(autojump_clock):
-    engine = EngineBackend(SPEC, bytearray(KEY), {"lost_rate": 1.0})
+    engine = EngineBackend(SPEC, bytearray(KEY), EngineOptions(lost_rate=1.0))
     conv, stats = converter(engine, timeout=2.5)
     async with trio.open_nursery() as nursery:
         await nursery.start(engine.run)
@@ -131,7 +131,7 @@ async def test_corrupting_engine_is_refused_at_start_and_the_device_works(tmp_pa
     image = tmp_path / "image"
     image.write_bytes(bytes(1 << 20))
     daemon = open_plain(image, KEY, backend="engine")
-    daemon.stack.backend.options["corrupt"] = True
+    daemon.stack.backend.options.corrupt = True
     with caplog.at_level(logging.WARNING):
         async with trio.open_nursery() as nursery:
             await daemon.start(nursery)
@@ -178,7 +178,7 @@ async def test_a_late_completion_of_an_edge_read_cannot_reach_the_write(tmp_path
     daemon = open_plain(image, KEY, backend="engine", completion_timeout=1.0)
     async with trio.open_nursery() as nursery:
         await daemon.start(nursery)
-        daemon.stack.backend.options["setup_us"] = 1.5e6   # now each job takes 1.5 s
+        daemon.stack.backend.options.setup_us = 1.5e6   # now each job takes 1.5 s
         nursery.start_soon(daemon.queue.read, 8192, 4096)   # holds the engine until t=1.5
         await trio.sleep(0.1)
         data = random.Random(6).randbytes(100)
@@ -203,10 +203,10 @@ async def test_healthy_engine_passes_its_self_test(tmp_path):
 
 
 def test_engine_options_are_checked(tmp_path):
-    from cryptfs.config import backend_options, load
+    from cryptfs.core.config import backend_options, load
     from cryptfs.errors import ConfigError
     (tmp_path / "c.toml").write_text("[backend]\nname = 'engine'\n[backend.engine]\n"
                                      "error_rate = 2\n")
     with pytest.raises(ConfigError, match=r"\[backend.engine\] error_rate must be between 0 "
                                           "and 1, got 2.0"):
-        backend_options(load(str(tmp_path / "c.toml")), EngineBackend.OPTIONS)
+        backend_options(load(str(tmp_path / "c.toml")), EngineOptions)

@@ -2,8 +2,8 @@
 
 import pytest
 
+from cryptfs.crypto.keys import Secret, hash_passphrase, key_from_file, read_key_file
 from cryptfs.errors import KeyMaterialError
-from cryptfs.keys import Secret, hash_passphrase, key_from_file, read_key_file
 
 # From cryptsetup's tests/password-hash-test: the keys `cryptsetup create -h HASH -s BITS`
 # hands to dm-crypt for these passphrases (read back with dmsetup table --showkeys).

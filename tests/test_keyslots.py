@@ -70,11 +70,11 @@ class Volume:
             "open", "--test-passphrase", key=name, check=False).returncode == 0}
 
     def cryptfs_opens(self, names) -> set[str]:
-        from cryptfs.config import Config
+        from cryptfs.core.config import Config
+        from cryptfs.core.image import Image
+        from cryptfs.core.volume import KeySource
         from cryptfs.errors import WrongPassphrase
         from cryptfs.formats import open_volume
-        from cryptfs.image import Image
-        from cryptfs.volume import KeySource
         opened = set()
         config = Config()
         if self.header:

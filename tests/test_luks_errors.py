@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cryptfs.errors import FormatError, KeyMaterialError
-from cryptfs.formats import luks, luks1, luks2
-from helpers import PASSPHRASE, cryptfs, needs_fuse, open_luks, sha256
+from cryptfs.formats import luks, luks1
+from cryptfs.formats.luks2 import disk as luks2
+from helpers import PASSPHRASE, cryptfs, needs, needs_fuse, open_luks, sha256
 from luks_corpus import edit_json, json_of, resign, set_text
 
 FAST = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"]
@@ -237,6 +238,8 @@ FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[
     HealthCheck.too_slow, HealthCheck.data_too_large], print_blob=False)
 
 
+@pytest.mark.slow
+@needs("cryptsetup")
 @FUZZ
 @given(st.binary(max_size=40000))
 def test_fuzz_random_bytes(oracle, data):
@@ -245,6 +248,8 @@ def test_fuzz_random_bytes(oracle, data):
     oracle.check(luks2.MAGIC_PRIMARY + b"\0\2" + data, 0)
 
 
+@pytest.mark.slow
+@needs("cryptsetup")
 @FUZZ
 @given(st.data())
 def test_fuzz_mutated_real_headers(images, oracle, data):
@@ -269,6 +274,8 @@ JSON_VALUES = st.recursive(
     st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=6)
 
 
+@pytest.mark.slow
+@needs("cryptsetup")
 @FUZZ
 @given(st.data())
 def test_fuzz_luks2_json_values(images, oracle, data):
@@ -295,6 +302,8 @@ def test_fuzz_luks2_json_values(images, oracle, data):
     oracle.check(bytes(area), len(images[1]))
 
 
+@pytest.mark.slow
+@needs("cryptsetup")
 def test_fuzzers_saw_both_verdicts(oracle):
     """The fuzzers above ran (in this order) and met accepted and refused headers."""
     assert oracle.accepted > 10 and oracle.refused > 100, vars(oracle)

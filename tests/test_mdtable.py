@@ -2,7 +2,7 @@
 
 import pytest
 
-from cryptfs.mdtable import markdown_table
+from cryptfs.util.mdtable import markdown_table
 
 
 def test_header_alignment_and_rows():

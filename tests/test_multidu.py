@@ -1,4 +1,4 @@
-"""Multi data unit: the multidu backend (native core and pure-Python path) against per-unit
+"""Multi data unit: the multidu backend (the native core) against per-unit
 AES, the convert loop's path choice and failure semantics, and byte-identical ciphertext
 across every path."""
 
@@ -10,18 +10,17 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import backends
-from backends import native, vectorised
-from backends.base import CryptoRequest, Op
-from backends.multidu import MultiDuBackend
-from backends.software import SoftwareBackend
-from backends.vectorised import CUTOFF
-from cryptfs import verify
-from cryptfs.convert import Converter, choose_path
-from cryptfs.geometry import Geometry
-from cryptfs.ivgen import IV_MODES
-from cryptfs.spec import parse_spec
-from cryptfs.stats import Stats
+from cryptfs import backends
+from cryptfs.backends import native
+from cryptfs.backends.base import CryptoRequest, Op
+from cryptfs.backends.multidu import MultiDuBackend
+from cryptfs.backends.software import SoftwareBackend
+from cryptfs.core.convert import Converter, choose_path
+from cryptfs.core.geometry import Geometry
+from cryptfs.core.stats import Stats
+from cryptfs.crypto.ivgen import IV_MODES
+from cryptfs.crypto.spec import parse_spec
+from cryptfs.tools import verify
 from helpers import open_plain
 
 COUNTER_MODES = {"plain", "plain64", "plain64be"}
@@ -46,16 +45,13 @@ def request_iv(spec, key, first: int) -> bytes:
     return IV_MODES[mode].generator(key, spec.ivopts)(first)
 
 
-PYTHON_PATHS = {"vectorised": {"native": False, "min_units": 1},
-                "vectorised in pieces": {"native": False, "min_units": 1},
-                "unit-by-unit": {"native": False, "min_units": 1 << 30}}
+pytestmark = pytest.mark.skipif(native.UNAVAILABLE, reason=str(native.UNAVAILABLE))
 
 
-@pytest.mark.parametrize("path", ["native", *PYTHON_PATHS])
 @pytest.mark.parametrize("cipher", verify.CIPHERS)
 @settings(max_examples=25, deadline=None)
 @given(data=st.data())
-def test_multidu_matches_per_unit_aes(cipher, path, data):
+def test_multidu_matches_per_unit_aes(cipher, data):
     spec = parse_spec(cipher)
     rng = random.Random(data.draw(st.integers(0, 2**32)))
     key = rng.randbytes(spec.default_key_bits // 8)
@@ -65,16 +61,11 @@ def test_multidu_matches_per_unit_aes(cipher, path, data):
     first = data.draw(st.integers(0, 2**40)) if spec.ivmode != "plain" else \
         data.draw(st.integers(0, 2**32 - 1 - n * step))         # plain: no 32-bit wrap here
     op = data.draw(st.sampled_from(list(Op)))
-    if path == "native" and not native.AVAILABLE:
-        pytest.skip(native.UNAVAILABLE)
-    backend = MultiDuBackend(spec, bytearray(key), PYTHON_PATHS.get(path, {}))
+    backend = MultiDuBackend(spec, bytearray(key))
     src = rng.randbytes(n * du)
     dst = bytearray(len(src))
-    with pytest.MonkeyPatch.context() as patch:
-        if path == "vectorised in pieces":          # pieces of 1-7 units, the last one short
-            patch.setattr(vectorised, "CHUNK_BYTES", data.draw(st.integers(1, 7)) * du)
-        backend.submit(CryptoRequest(op, memoryview(src), memoryview(dst),
-                                     request_iv(spec, key, first), du, step))
+    backend.submit(CryptoRequest(op, memoryview(src), memoryview(dst),
+                                 request_iv(spec, key, first), du, step))
     assert bytes(dst) == reference(spec, key, op, src, du, first, step)
 
 
@@ -85,15 +76,9 @@ def test_a_one_mebibyte_bio_in_default_pieces_matches_per_unit_aes(cipher, op):
     rng = random.Random(1)
     key = rng.randbytes(spec.default_key_bits // 8)
     src, dst = rng.randbytes((1 << 20) + 512), bytearray((1 << 20) + 512)
-    assert len(src) > vectorised.CHUNK_BYTES
-    MultiDuBackend(spec, bytearray(key), {"native": False}).submit(
+    MultiDuBackend(spec, bytearray(key)).submit(
         CryptoRequest(op, memoryview(src), memoryview(dst), request_iv(spec, key, 77), 512, 1))
     assert bytes(dst) == reference(spec, key, op, src, 512, 77, 1)
-
-
-def test_cutoffs_cover_every_mode_direction_and_size():
-    assert {(m, op.value, du) for m in ("xts", "cbc") for op in Op
-            for du in (512, 1024, 2048, 4096)} == set(CUTOFF)
 
 
 def test_caps_say_what_multidu_derives():
@@ -123,10 +108,10 @@ def test_path_choice_and_reason(cipher, backend, multi, fragment):
 
 
 async def test_backend_rejecting_the_unit_size_falls_back_and_opens(tmp_path, caplog):
-    from cryptfs.config import load
-    from cryptfs.daemon import Daemon
+    from cryptfs.core.config import load
+    from cryptfs.core.volume import KeySource
+    from cryptfs.fuse.daemon import Daemon
     from cryptfs.stack import assemble
-    from cryptfs.volume import KeySource
 
     (tmp_path / "image").write_bytes(bytes(1 << 20))
     (tmp_path / "key").write_bytes(bytes(range(64)))
@@ -174,7 +159,7 @@ class RunsOutOfMemory(MultiDuBackend):
 @pytest.mark.parametrize("op", list(Op))
 def test_memory_pressure_retries_per_sector_once_and_terminates(op):
     spec, key = parse_spec("aes-xts-plain64"), bytes(range(64))
-    backend = RunsOutOfMemory(spec, bytearray(key), {})
+    backend = RunsOutOfMemory(spec, bytearray(key))
     stats = Stats()
     conv = Converter(backend, SoftwareBackend(spec, key), spec, key, Geometry(512, 0, 1 << 20),
                      stats, mode="multi_du")
@@ -194,25 +179,26 @@ async def test_injected_allocation_failure_goes_per_sector(tmp_path):
     daemon = open_plain(image, bytes(range(64)), backend="multidu", mode="multi_du",
                         inject_alloc_failure=1.0)
     data = random.randbytes(300000)
+    before = daemon.stack.backend.statistics()              # (the self-test's requests)
     assert await daemon.queue.write(1000, data) == len(data)
     assert bytes(await daemon.queue.read(1000, len(data))) == data
     counters = daemon.stack.stats.snapshot()
     assert counters["multi_du_alloc_failures"] >= 2
-    backend = daemon.stack.backend.statistics()
-    assert backend["requests"] == backend["data_units"]     # nothing went multi-DU
+    after = daemon.stack.backend.statistics()
+    assert after["requests"] - before["requests"] == \
+        after["data_units"] - before["data_units"]          # nothing went multi-DU
     daemon.close()
 
 
 @pytest.mark.parametrize("backend, options, per_sector", [
     ("software", {}, True),                     # the 128-bit auto-splitter would carry
     ("multidu", {}, False),                     # the native core derives plain's wrap
-    ("multidu", {"native": False, "min_units": 1}, False),
 ])
 def test_plain_iv_wrap_matches_dm_crypt(backend, options, per_sector):
     spec, key = parse_spec("aes-cbc-plain"), bytes(range(32))
     stats = Stats()
     geometry = Geometry(512, 0, 1 << 20, iv_offset=2**32 - 5)
-    conv = Converter(backends.create(backend, spec, bytearray(key), options),
+    conv = Converter(backends.create(backend, spec, bytearray(key)),
                      SoftwareBackend(spec, key), spec, key, geometry, stats, mode="multi_du")
     data = random.randbytes(16 * 512)
     out = bytearray(len(data))
@@ -223,21 +209,53 @@ def test_plain_iv_wrap_matches_dm_crypt(backend, options, per_sector):
     assert stats.snapshot().get("plain_wrap_per_sector", 0) == (1 if per_sector else 0)
 
 
+@pytest.mark.slow
 def test_verify_finds_every_path_identical_and_catches_a_broken_one(monkeypatch):
     names = sorted(backends.REGISTRY)
     runs = verify.verify(1 << 20, 7, names)
-    assert len(runs) == len(verify.CIPHERS) * 3 * (len(names) + 1) * 2   # multidu twice
-    assert {run.backend for run in runs} == {*names, "multidu-python"}
+    assert len(runs) == len(verify.CIPHERS) * 3 * len(names) * 2
+    assert {run.backend for run in runs} == set(names)
     assert verify.mismatches(runs) == []
     assert all(run.reads_ok for run in runs)
     assert any("native" in run.path for run in runs) and any("auto-split" in run.path
                                                             for run in runs)
-    # a backend whose XTS tweaks are off by one block must be caught
-    real = vectorised.expand_tweaks
-    monkeypatch.setattr(vectorised, "expand_tweaks",
-                        lambda t0, blocks: real(t0, blocks)[[*range(1, len(t0) * blocks), 0]])
+    # a backend whose second data unit of a bio is off by one IV must be caught
+    real = MultiDuBackend.submit
+
+    def off_by_one(self, req):
+        status = real(self, req)
+        if req.n_units > 1:
+            unit = req.data_unit_size
+            shifted = CryptoRequest(req.op, req.src[unit:2 * unit], req.dst[unit:2 * unit],
+                                    req.iv, unit, req.iv_step)
+            real(self, shifted)
+        return status
+    monkeypatch.setattr(MultiDuBackend, "submit", off_by_one)
+    monkeypatch.setattr("cryptfs.core.selftest.check", lambda *args: None)
     runs = verify.verify(1 << 20, 7, ["software", "multidu"], ciphers=("aes-xts-plain64",),
                          layouts=((512, False),))
-    assert [(r.backend, r.mode) for r in verify.mismatches(runs)] == \
-        [("multidu-python", "multi_du")]
+    assert [(r.backend, r.mode) for r in verify.mismatches(runs)] == [("multidu", "multi_du")]
     assert "✗" in verify.table(runs, ["software", "multidu"])
+
+
+def test_a_wrong_core_is_refused_by_the_self_test_at_open(tmp_path, monkeypatch, caplog):
+    """The C core's IV table is checked against the Python one when a device opens: a core
+    that derives a wrong IV serves nothing; software does, and status says why."""
+    real = MultiDuBackend.submit
+
+    def wrong_iv(self, req):
+        iv = bytearray(req.iv)
+        iv[0] ^= 1
+        req.iv = bytes(iv)
+        return real(self, req)
+    monkeypatch.setattr(MultiDuBackend, "submit", wrong_iv)
+    image = tmp_path / "image"
+    image.write_bytes(bytes(1 << 20))
+    with caplog.at_level(logging.WARNING):
+        daemon = open_plain(image, bytes(range(64)), backend="multidu", mode="multi_du")
+    try:
+        assert daemon.stack.backend.name == "software"
+        assert "self-test" in daemon.status()["backend_refused"]
+        assert "failed its self-test" in caplog.text
+    finally:
+        daemon.close()

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from cryptfs.mounts import mount_type
+from cryptfs.fuse.mounts import mount_type
 from helpers import PASSPHRASE, ROOT, cryptfs, cryptsetup, mounted, needs, needs_fuse
 
 pytestmark = needs_fuse
@@ -41,7 +41,7 @@ def test_stress_matrix_quick():
                             capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "FAILED" not in result.stdout
-    from cryptfs.stress import PATHS, WORKLOADS
+    from cryptfs.tools.stress import PATHS, WORKLOADS
     runs = 2 * len(PATHS) * len(WORKLOADS)
     assert result.stdout.count("| ok |") == runs
     assert f"{runs} of {runs} fio runs verified without a mismatch" in result.stdout
@@ -65,7 +65,7 @@ with open(log_path, "a") as log:
 """
 
 
-def test_no_synced_write_is_lost_when_the_daemon_is_killed(luks, tmp_path):
+def test_no_synced_write_is_lost_when_the_daemon_is_killed(luks, tmp_path, plane):
     image, secret, mnt = luks
     cryptfs("open", image, mnt, "--key-file", secret, check=True)
     pid = daemon_pid(mnt)
@@ -96,7 +96,7 @@ def test_no_synced_write_is_lost_when_the_daemon_is_killed(luks, tmp_path):
 
 
 @needs("losetup", "mkfs.ext4", "fsck.ext4")
-def test_ext4_on_a_loop_device_survives_close_and_reopen(luks, tmp_path):
+def test_ext4_on_a_loop_device_survives_close_and_reopen(luks, tmp_path, plane):
     image, secret, mnt = luks
     fs = tmp_path / "fs"
     fs.mkdir()
@@ -138,7 +138,7 @@ def test_ext4_on_a_loop_device_survives_close_and_reopen(luks, tmp_path):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_signals_flush_and_unmount(luks, signum):
+def test_signals_flush_and_unmount(luks, signum, plane):
     image, secret, mnt = luks
     cryptfs("open", image, mnt, "--key-file", secret, check=True)
     with open(mnt / "device", "r+b", buffering=0) as f:

@@ -5,10 +5,10 @@ import hashlib
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from cryptfs.core.geometry import Geometry
+from cryptfs.crypto.ivgen import IV_MODES
+from cryptfs.crypto.spec import parse_spec
 from cryptfs.errors import SpecError
-from cryptfs.geometry import Geometry
-from cryptfs.ivgen import IV_MODES
-from cryptfs.spec import parse_spec
 
 SECTOR = 0x1122334455667788
 
@@ -72,7 +72,7 @@ def test_essiv_is_aes_of_plain64_under_hashed_key():
 
 
 def test_counter_modes_are_declared():
-    assert {m for m, v in IV_MODES.items() if v.counter} == {"plain", "plain64", "plain64be"}
+    assert {m for m, v in IV_MODES.items() if v.byteorder} == {"plain", "plain64", "plain64be"}
 
 
 @pytest.mark.parametrize("sector_size, large, skip, expected", [

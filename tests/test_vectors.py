@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-import backends
-from backends.base import CryptoRequest, Op
+from cryptfs import backends
+from cryptfs.backends.base import CryptoRequest, Op
+from cryptfs.crypto.ivgen import IV_MODES
+from cryptfs.crypto.spec import parse_spec
 from cryptfs.errors import BackendError
-from cryptfs.ivgen import IV_MODES
-from cryptfs.spec import parse_spec
 from helpers import open_plain
 
 VECTORS = Path(__file__).parent / "vectors"
@@ -31,12 +31,16 @@ def whole_block(v):
     return not v.get("partial") and key[:len(key) // 2] != key[len(key) // 2:]
 
 
+def with_options(name: str, options: dict):
+    return backends.backend_class(name).Options(**options)
+
+
 @pytest.mark.parametrize("v", [v for v in XTS if whole_block(v)], ids=lambda v: v["name"])
 def test_ieee1619_xts(backend_variant, v):
     key = bytes.fromhex(v["key"])
     spec = parse_spec("aes-xts-plain64")
     name, options = backend_variant
-    backend = backends.create(name, spec, bytearray(key), options)
+    backend = backends.create(name, spec, bytearray(key), with_options(name, options))
     tweak = IV_MODES["plain64"].generator(key, None)(v["data_unit_sequence_number"])
     assert tweak.hex() == v["tweak"]
     plaintext, ciphertext = bytes.fromhex(v["plaintext"]), bytes.fromhex(v["ciphertext"])
@@ -52,7 +56,8 @@ def test_xts_with_equal_key_halves_is_refused_clearly(backend_variant):
     # halves are equal; the kernel outside FIPS mode accepts them.
     name, options = backend_variant
     with pytest.raises(BackendError, match="refuses this key"):
-        backends.create(name, parse_spec("aes-xts-plain64"), bytearray(64), options)
+        backends.create(name, parse_spec("aes-xts-plain64"), bytearray(64),
+                        with_options(name, options))
 
 
 SUPPORTED_IV = [v for v in IV if v["ivmode"].split(":")[0] in IV_MODES]
@@ -78,3 +83,17 @@ def test_vector_files_cover_the_matrix():
     assert {(v["sector_size"], v["large_iv"]) for v in SUPPORTED_IV} >= {
         (512, False), (4096, False), (4096, True)}
     assert sum(whole_block(v) for v in XTS) >= 10
+
+
+@pytest.mark.parametrize("text", ["cipher_null-ecb", "cipher_null"])
+def test_the_null_cipher_is_the_identity_on_every_backend(backend_variant, text):
+    """dm-crypt's cipher_null: what is written is what the image holds, in both modes."""
+    name, options = backend_variant
+    spec = parse_spec(text)
+    assert str(spec) == "cipher_null-ecb" and spec.default_key_bits == 0
+    backend = backends.create(name, spec, bytearray(), with_options(name, options))
+    data = bytes(range(256)) * 16
+    for op in Op:
+        out = bytearray(len(data))
+        backend.submit(CryptoRequest(op, memoryview(data), memoryview(out), bytes(16), 4096))
+        assert bytes(out) == data

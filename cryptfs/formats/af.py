@@ -3,44 +3,78 @@
 A key of n bytes is stored as ``stripes`` blocks of n bytes: all but the last are random, and
 the last is the key XOR the diffusion of the running XOR of the others, so destroying any one
 stripe destroys the key.  ``diffuse`` hashes each digest-sized piece of a block with its
-big-endian 32-bit index prepended, keeping the piece's length.
+big-endian 32-bit index prepended, keeping the piece's length.  The hash is named as cryptsetup
+names it (:func:`~cryptfs.formats.kdf.new_hash`).
+
+Everything is computed in place, in the caller's buffers and the returned :class:`Secret`; the
+only other copies are hashlib's digests (immutable bytes: hashlib has no digest-into) and the
+8-byte integers CPython makes while XORing, both dropped at once and not wipeable from Python.
 """
 
-import hashlib
 import os
 
-from ..keys import Secret
+from cryptfs.crypto.keys import Secret
+from cryptfs.errors import SpecError
+from cryptfs.formats.kdf import new_hash
 
 
-def _diffuse(block: bytes, hash_name: str) -> bytes:
-    size = hashlib.new(hash_name).digest_size
-    out = bytearray()
-    for i in range(0, len(block), size):
-        piece = block[i:i + size]
-        index = (i // size).to_bytes(4, "big")
-        out += hashlib.new(hash_name, index + piece).digest()[:len(piece)]
-    return bytes(out)
+def _diffuser(hash_name: str):
+    """diffuse(block), in place, with hash ``hash_name``."""
+    base = new_hash(hash_name)
+    if base is None:
+        raise SpecError(f"hash {hash_name!r} is not available")
+    size = base.digest_size
+
+    def diffuse(block: memoryview) -> None:
+        for index, i in enumerate(range(0, len(block), size)):
+            piece = block[i:i + size]
+            h = base.copy()
+            h.update(index.to_bytes(4, "big"))
+            h.update(piece)
+            piece[:] = memoryview(h.digest())[:len(piece)]
+    return diffuse
 
 
-def _xor(a: bytes, b: bytes) -> bytes:
-    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(len(a), "big")
+def _xor_into(dst: memoryview, src: memoryview) -> None:
+    """``dst ^= src``, eight bytes at a time."""
+    whole = len(dst) // 8 * 8
+    if whole:
+        d, s = dst[:whole].cast("Q"), src[:whole].cast("Q")
+        for j in range(len(d)):
+            d[j] ^= s[j]
+    for j in range(whole, len(dst)):
+        dst[j] ^= src[j]
 
 
-def merge(material: bytes | bytearray, key_bytes: int, stripes: int, hash_name: str) -> Secret:
+def _fold(d: memoryview, stripes: memoryview, n: int, count: int, hash_name: str) -> None:
+    """``d`` = diffuse(... diffuse(d ^ stripe 0) ... ^ stripe count-1)."""
+    diffuse = _diffuser(hash_name)
+    for i in range(count):
+        _xor_into(d, stripes[i * n:(i + 1) * n])
+        diffuse(d)
+
+
+def merge(material: bytes | bytearray | memoryview, key_bytes: int, stripes: int,
+          hash_name: str) -> Secret:
     """The key hidden in ``stripes`` blocks of ``key_bytes`` (AFmerge)."""
-    d = bytes(key_bytes)
-    for i in range(stripes - 1):
-        d = _diffuse(_xor(d, bytes(material[i * key_bytes:(i + 1) * key_bytes])), hash_name)
-    last = bytes(material[(stripes - 1) * key_bytes:stripes * key_bytes])
-    return Secret(_xor(d, last))
+    key = Secret(bytes(key_bytes))
+    d, view = memoryview(key.buffer), memoryview(material)
+    try:
+        _fold(d, view, key_bytes, stripes - 1, hash_name)
+        _xor_into(d, view[(stripes - 1) * key_bytes:stripes * key_bytes])
+    except BaseException:
+        key.wipe()
+        raise
+    return key
 
 
-def split(key: Secret, stripes: int, hash_name: str) -> bytearray:
-    """Spread ``key`` over ``stripes`` blocks (AFsplit): random blocks, then the fix-up."""
+def split(key: Secret, stripes: int, hash_name: str, out: memoryview) -> None:
+    """Spread ``key`` over ``stripes`` blocks in ``out`` (AFsplit): random blocks, then the
+    fix-up.  (The random blocks come from ``os.urandom`` as bytes; alone they say nothing of
+    the key.)"""
     n = len(key)
-    out = bytearray(os.urandom(n * (stripes - 1)))
-    d = bytes(n)
-    for i in range(stripes - 1):
-        d = _diffuse(_xor(d, bytes(out[i * n:(i + 1) * n])), hash_name)
-    out += _xor(d, bytes(key.buffer))
-    return out
+    out[:n * (stripes - 1)] = os.urandom(n * (stripes - 1))
+    last = out[(stripes - 1) * n:stripes * n]
+    last[:] = bytes(n)
+    _fold(last, out, n, stripes - 1, hash_name)
+    _xor_into(last, memoryview(key.buffer))

@@ -5,42 +5,31 @@ label and subsystem, and a LUKS2 key slot's priority (config)."""
 import copy
 import os
 import uuid as uuidlib
-from dataclasses import replace
 from typing import Callable
 
-from ..errors import ConfigError, CryptfsError, FormatError, ImageError
-from . import luks, luks1, luks2_validate
-from .keyslot_area import padded
-from .keyslots import Loaded, editing, load
-from .lock import Holder, MetadataLock
-from .metadata import Luks2Writer, write_at, write_luks1
-from .params import PRIORITIES
+from cryptfs.errors import ConfigError, CryptfsError, FormatError, ImageError
+from cryptfs.formats import luks
+from cryptfs.formats.keyslots import Loaded, editing, load
+from cryptfs.formats.lock import Holder, MetadataLock
+from cryptfs.formats.metadata import write_at
+from cryptfs.formats.params import PRIORITIES
 
 PAGE = 4096
 LABEL_MAX = 47                      # bytes, as the 48-byte fields end with NUL
 
 
-def backup_size(loaded: Loaded) -> int:
-    """Bytes a backup holds: LUKS1 up to the end of the last key slot's material, LUKS2 both
-    header copies and the key slot area."""
-    h = loaded.header
-    if loaded.version == "luks2":
-        return luks2_validate.hdr_and_areas_size(h.metadata)
-    return max(ks.material_offset * 512 for ks in h.keyslots) + \
-        padded(h.key_bytes * luks1.STRIPES)
-
-
 def backup(path: str, backup_file: str) -> None:
-    """Write ``backup_file`` (mode 0400, never over an existing file) under the shared lock."""
-    loaded = load(path)
-    size = backup_size(loaded)
+    """Write ``backup_file`` (mode 0400, never over an existing file) under the shared lock:
+    the header's ``areas_size`` bytes (LUKS1 up to the end of the last key slot's material,
+    LUKS2 both header copies and the key slot area), padded to 4 KiB."""
+    header = load(path).header
+    size = header.areas_size
     with MetadataLock(path, exclusive=False), luks.HeaderFile(path) as hdr:
         data = bytearray(hdr.read_at(0, size))
     if len(data) < size:
         raise FormatError(f"{path} ends before its key slot areas ({len(data)} of {size} bytes)")
-    if loaded.version == "luks1" and min(ks.material_offset for ks in loaded.header.keyslots) \
-            * 512 == PAGE:
-        data[luks1.HEADER_SIZE:PAGE] = bytes(PAGE - luks1.HEADER_SIZE)   # no stale signatures
+    for start, end in header.backup_blanks():
+        data[start:end] = bytes(end - start)
     data += bytes(-len(data) % PAGE)
     try:
         fd = os.open(backup_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o400)
@@ -65,14 +54,14 @@ def restore(path: str, backup_file: str, confirm: Callable[[str], None],
     except ImageError as e:
         raise ConfigError(f"Backup file {backup_file} does not contain a valid LUKS header "
                           f"({e})") from None
-    size = backup_size(saved)
+    size = saved.header.areas_size
     with luks.HeaderFile(backup_file) as hdr:
         data = hdr.read_at(0, size)
     try:
         current = load(path, saved.version)
     except FormatError:
         current = None
-    if current and not _same_layout(current, saved):
+    if current and current.header.layout != saved.header.layout:
         raise ConfigError(f"data offset, key size or header size differ on {path} and in the "
                           "backup; restore refused")
     if current:
@@ -92,14 +81,6 @@ def restore(path: str, backup_file: str, confirm: Callable[[str], None],
             os.close(fd)
 
 
-def _same_layout(a: Loaded, b: Loaded) -> bool:
-    if a.version == "luks1":
-        return (a.header.payload_offset, a.header.key_bytes) == \
-            (b.header.payload_offset, b.header.key_bytes)
-    return a.header.segment.offset == b.header.segment.offset and \
-        backup_size(a) == backup_size(b)
-
-
 def set_uuid(loaded: Loaded, new: str | None, holder: Holder | None = None) -> str:
     """Set the UUID (None: a new random one); returns it, in canonical form."""
     try:
@@ -107,12 +88,7 @@ def set_uuid(loaded: Loaded, new: str | None, holder: Holder | None = None) -> s
     except ValueError:
         raise ConfigError(f"'{new}' is not a UUID (wrong LUKS UUID format provided)") from None
     with editing(loaded, holder) as f:
-        if loaded.version == "luks1":
-            write_luks1(f, replace(loaded.header, uuid=value))
-        else:
-            writer = Luks2Writer(f, loaded.header)
-            writer.uuid = value
-            writer.commit(loaded.header.metadata)
+        loaded.header = loaded.header.write(f, uuid=value)
     return value
 
 
@@ -122,13 +98,10 @@ def set_labels(loaded: Loaded, label: str | None, subsystem: str | None,
     for name, value in (("label", label), ("subsystem", subsystem)):
         if value is not None and (len(value.encode()) > LABEL_MAX or not value.isascii()):
             raise ConfigError(f"--{name} must be at most {LABEL_MAX} ASCII characters")
+    changes = {name: value for name, value in (("label", label), ("subsystem", subsystem))
+               if value is not None}
     with editing(loaded, holder) as f:
-        writer = Luks2Writer(f, loaded.header)
-        if label is not None:
-            writer.label = label
-        if subsystem is not None:
-            writer.subsystem = subsystem
-        writer.commit(loaded.header.metadata)
+        loaded.header = loaded.header.write(f, **changes)
 
 
 def set_priority(loaded: Loaded, slot: int, priority: str,
@@ -142,4 +115,4 @@ def set_priority(loaded: Loaded, slot: int, priority: str,
     if priority != "normal":
         keyslot["priority"] = PRIORITIES[priority]
     with editing(loaded, holder) as f:
-        Luks2Writer(f, loaded.header).commit(meta)
+        loaded.header = loaded.header.write(f, metadata=meta)

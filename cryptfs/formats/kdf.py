@@ -1,16 +1,19 @@
-"""Passphrase → key: PBKDF2 (hashlib), Argon2id (cryptography), Argon2i (argon2-cffi, since
-cryptography offers only Argon2id), with limits and iteration-time benchmarks.
+"""Passphrase → key: PBKDF2 (hashlib), Argon2i and Argon2id (libargon2 through argon2-cffi's
+low-level binding), with limits and iteration-time benchmarks.
 
 The limits are cryptsetup's: a header asking for more memory or time than these is refused
 before any work is done, so a hostile image cannot make ``open`` hang or exhaust memory.
+
+The passphrase is read in place from its :class:`Secret`; Argon2 writes the key straight into
+the returned one.  PBKDF2's key passes through one immutable copy: hashlib returns bytes.
 """
 
 import hashlib
 import time
 from dataclasses import dataclass
 
-from ..errors import FormatError
-from ..keys import Secret
+from cryptfs.crypto.keys import Secret
+from cryptfs.errors import CryptfsError, FormatError
 
 PBKDF2_MIN_ITERATIONS = 1000
 PBKDF2_MAX_ITERATIONS = (1 << 32) - 1
@@ -55,20 +58,33 @@ class Kdf:
                 f"{self.parallel} threads")
 
     def derive(self, passphrase: Secret, length: int) -> Secret:
+        """The ``length``-byte key; FormatError unless :meth:`check` passes, CryptfsError if
+        libargon2 fails (it cannot allocate the memory, say)."""
         self.check()
-        secret = bytes(passphrase.buffer)
         if self.kind == "pbkdf2":
-            out = hashlib.pbkdf2_hmac(self.hash, secret, self.salt, self.iterations, length)
-        elif self.kind == "argon2id":
-            from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
-            out = Argon2id(salt=self.salt, length=length, iterations=self.iterations,
-                           lanes=self.parallel, memory_cost=self.memory).derive(secret)
-        else:
-            from argon2.low_level import Type, hash_secret_raw
-            out = hash_secret_raw(secret, self.salt, self.iterations, self.memory,
-                                  self.parallel, length, Type.I)
-        del secret
-        return Secret(out)
+            # hashlib has no derive-into: the key comes back as bytes, a copy cryptfs cannot wipe
+            return Secret(hashlib.pbkdf2_hmac(self.hash, passphrase.buffer, self.salt,
+                                              self.iterations, length))
+        key = Secret(bytes(length))
+        try:
+            self._argon2(passphrase.buffer, key.buffer)
+        except BaseException:
+            key.wipe()
+            raise
+        return key
+
+    def _argon2(self, passphrase: bytearray, out: bytearray) -> None:
+        """libargon2's argon2_hash on the buffers themselves (no copies)."""
+        from argon2.low_level import ARGON2_VERSION, Type, error_to_str, ffi, lib
+        kind = Type.I if self.kind == "argon2i" else Type.ID
+
+        def buf(data):
+            return ffi.from_buffer("uint8_t[]", data)
+        rv = lib.argon2_hash(self.iterations, self.memory, self.parallel, buf(passphrase),
+                             len(passphrase), buf(self.salt), len(self.salt), buf(out), len(out),
+                             ffi.NULL, 0, kind.value, ARGON2_VERSION)
+        if rv != lib.ARGON2_OK:
+            raise CryptfsError(f"{self.kind} failed: {error_to_str(rv)}")
 
 
 def new_hash(name: str):
@@ -82,11 +98,10 @@ def new_hash(name: str):
     return h if h.digest_size else None
 
 
-def pbkdf2_digest(hash_name: str, key: Secret | bytes, salt: bytes, iterations: int,
+def pbkdf2_digest(hash_name: str, key: Secret, salt: bytes, iterations: int,
                   length: int) -> bytes:
     """The volume key digest both LUKS versions store to recognise the right key."""
-    data = key.buffer if isinstance(key, Secret) else key
-    return hashlib.pbkdf2_hmac(hash_name, bytes(data), salt, iterations, length)
+    return hashlib.pbkdf2_hmac(hash_name, key.buffer, salt, iterations, length)
 
 
 def pbkdf2_iterations_for(hash_name: str, milliseconds: int, length: int = 32) -> int:

@@ -20,7 +20,7 @@ import stat
 import time
 from typing import Callable
 
-from ..errors import BusyError, ImageError
+from cryptfs.errors import BusyError, ImageError
 
 LOCK_DIR = "/run/cryptsetup"
 #: who has a path open in cryptfs ("MOUNTPOINT (pid N)"), or None

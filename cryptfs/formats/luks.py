@@ -1,31 +1,37 @@
 """Opening LUKS volumes: detect the version, read the header (from the image or a detached
-header file), unlock a key slot with the passphrase, and lay out the data segment."""
+header file), unlock a key slot with the passphrase, and lay out the data segment.  Everything
+after detection asks the header (:mod:`.protocol`), whichever version it is."""
 
 import logging
 import os
 
-from ..config import PLAIN_ONLY, Config
-from ..errors import ConfigError, FormatError, ImageError
-from ..geometry import SECTOR, Geometry
-from ..image import Image
-from ..keys import Secret
-from ..progress import progress
-from ..spec import parse_spec
-from ..volume import KeySource, Volume
-from . import luks1, luks2, luks2_validate, signatures
+from cryptfs.core.config import PLAIN_ONLY, Config
+from cryptfs.core.geometry import SECTOR, Geometry
+from cryptfs.core.image import Image, open_checked
+from cryptfs.core.volume import KeySource, Volume
+from cryptfs.crypto.keys import Secret
+from cryptfs.crypto.spec import parse_spec
+from cryptfs.errors import ConfigError, FormatError
+from cryptfs.formats import signatures
+from cryptfs.formats.luks1 import MAGIC, Luks1Header
+from cryptfs.formats.luks2.disk import HDR_SIZES, MAGIC_SECONDARY
+from cryptfs.formats.luks2.header import Luks2Header
+from cryptfs.formats.protocol import LuksHeader
+from cryptfs.util.progress import progress
 
 log = logging.getLogger(__name__)
 
+#: the header classes by ``--type``
+FORMATS: dict[str, type[LuksHeader]] = {cls.KIND: cls for cls in (Luks1Header, Luks2Header)}
+
+
 class HeaderFile:
-    """Read access to where the header lives; short reads come back short."""
+    """Read access to where the header lives (an image file, a block device or a detached
+    header: ImageError for anything else); short reads come back short."""
 
     def __init__(self, path: str, writable: bool = False):
         self.path = path
-        flags, purpose = (os.O_RDWR, " for writing") if writable else (os.O_RDONLY, "")
-        try:
-            self.fd = os.open(path, flags | os.O_CLOEXEC)
-        except OSError as e:
-            raise ImageError(f"cannot open header {path}{purpose}: {e.strerror}") from None
+        self.fd = open_checked(path, os.O_RDWR if writable else os.O_RDONLY)
 
     def read_at(self, offset: int, length: int) -> bytes:
         return os.pread(self.fd, length, offset)
@@ -40,32 +46,31 @@ class HeaderFile:
         self.close()
 
 
-def detect(read_at) -> str | None:
-    """``luks1``, ``luks2`` or None, from the magic and version (either LUKS2 copy)."""
+def detect(read_at) -> type[LuksHeader] | None:
+    """The header class, from the magic and version at 0 (LUKS1 and the LUKS2 primary share
+    the magic), or from a LUKS2 secondary copy where there is no magic at 0; None if neither."""
     head = read_at(0, 8)
-    if head[:6] == luks1.MAGIC:
+    if head[:6] == MAGIC:
         version = int.from_bytes(head[6:8], "big")
-        return {1: "luks1", 2: "luks2"}.get(version)
-    for offset in luks2.HDR_SIZES:            # a LUKS2 image whose primary copy is damaged
+        return next((cls for cls in FORMATS.values() if cls.VERSION == version), None)
+    for offset in HDR_SIZES:                  # a LUKS2 image whose primary copy is damaged
         head = read_at(offset, 8)
-        if head[:6] == luks2.MAGIC_SECONDARY and int.from_bytes(head[6:8], "big") == 2:
-            return "luks2"
+        if head[:6] == MAGIC_SECONDARY and int.from_bytes(head[6:8], "big") == 2:
+            return Luks2Header
     return None
 
 
-def read_header(hdr: HeaderFile, wanted: str = "luks"):
-    """(module, header) for the LUKS header in ``hdr``, validated as cryptsetup validates it;
-    FormatError if there is none, it is invalid, or it is not the ``wanted`` version.  A
-    damaged or outdated LUKS2 copy is logged as a warning — unless blkid finds another
-    signature on the file, which is refused as cryptsetup refuses it."""
-    version = detect(hdr.read_at)
-    if version is None:
+def read(hdr: HeaderFile, wanted: str = "luks") -> LuksHeader:
+    """The LUKS header in ``hdr``, validated as cryptsetup validates it; FormatError if there
+    is none, it is invalid, or it is not the ``wanted`` version.  A damaged or outdated LUKS2
+    copy is logged as a warning — unless blkid finds another signature on the file, which is
+    refused as cryptsetup refuses it."""
+    kind = detect(hdr.read_at)
+    if kind is None:
         raise FormatError(f"{hdr.path} is not a LUKS image (for plain dm-crypt use --type plain)")
-    if wanted not in ("luks", version):
-        raise FormatError(f"{hdr.path} is {version.upper()}, not {wanted.upper()}")
-    if version == "luks1":
-        return luks1, luks1.read(hdr.read_at)
-    header = luks2.read(hdr.read_at)
+    if wanted not in ("luks", kind.KIND):
+        raise FormatError(f"{hdr.path} is {kind.KIND.upper()}, not {wanted.upper()}")
+    header = kind.read(hdr.read_at)
     if header.damaged:
         other = signatures.foreign_signature(hdr.path)
         if other:
@@ -75,49 +80,39 @@ def read_header(hdr: HeaderFile, wanted: str = "luks"):
                               "for recovery.")
     for warning in header.warnings:
         log.warning("%s: %s", hdr.path, warning)
-    return luks2, header
+    return header
 
 
-def check_layout(module, header, header_path: str, image: Image) -> None:
+def read_header(hdr: HeaderFile, wanted: str = "luks") -> tuple[type[LuksHeader], LuksHeader]:
+    """(the header's class, :func:`read`'s header): the pair the CLI and the API take apart
+    (``kind.dump(header, path)``)."""
+    header = read(hdr, wanted)
+    return type(header), header
+
+
+def check_layout(header: LuksHeader, header_path: str, image: Image) -> None:
     """FormatError where the data area would start over the header, as ``cryptsetup open``
     refuses it: a data offset of 0 needs a detached header."""
-    if module is luks1:
-        field, offset = "LUKS1 payload offset", header.payload_offset
-    else:
-        field, offset = "LUKS2 segment 0 offset", header.segment.offset
-    if offset == 0 and os.path.samefile(header_path, image.path):
-        raise FormatError(f"Device header overlaps with data area: the {field} is 0 and the "
-                          f"header is in {image.path} (a data offset of 0 needs a detached "
-                          "header, --header)")
+    if header.segment.offset == 0 and os.path.samefile(header_path, image.path):
+        raise FormatError(f"Device header overlaps with data area: the {header.OFFSET_FIELD} "
+                          f"is 0 and the header is in {image.path} (a data offset of 0 needs a "
+                          "detached header, --header)")
 
 
-def unlock(module, header, hdr: HeaderFile, keys: KeySource, slot: int | None):
+def unlock(kind: type[LuksHeader], header: LuksHeader, hdr: HeaderFile, keys: KeySource,
+           slot: int | None):
     """(volume key, slot) from the user's passphrase; KeyMaterialError if it opens nothing."""
     passphrase = keys.read()
     try:
         with progress("Unlocking"):
-            return module.unlock(header, hdr.read_at, passphrase, slot)
+            return kind.unlock(header, hdr.read_at, passphrase, slot)
     finally:
         passphrase.wipe()
 
 
-def volume_key_dump(module, header, path: str, key: Secret) -> str:
-    """What ``cryptsetup luksDump --dump-volume-key`` prints: the cipher, the data offset, the
-    UUID and the key, 16 bytes a line."""
-    if module is luks1:
-        name, mode, offset = header.cipher_name, header.cipher_mode, header.payload_offset
-    else:
-        name, _, mode = (header.segment.encryption if header.segment else "null").partition("-")
-        offset = luks2_validate.min_segment_offset(header.metadata["segments"]) // SECTOR
-    key_hex = [f"{b:02x} " for b in key.buffer]
-    rows = ["".join(key_hex[i:i + 16]) for i in range(0, len(key_hex), 16)]
-    return (f"LUKS header information for {path}\n"
-            f"Cipher name:   \t{name}\n"
-            f"Cipher mode:   \t{mode}\n"
-            f"Payload offset:\t{offset}\n"
-            f"UUID:          \t{header.uuid}\n"
-            f"MK bits:       \t{len(key) * 8}\n"
-            "MK dump:\t" + "\n\t\t".join(rows) + "\n")
+def volume_key_dump(kind: type[LuksHeader], header: LuksHeader, path: str, key: Secret) -> str:
+    """:meth:`~.protocol.LuksHeader.volume_key_dump`."""
+    return kind.volume_key_dump(header, path, key)
 
 
 def open_luks(image: Image, config: Config, keys: KeySource) -> Volume:
@@ -126,26 +121,21 @@ def open_luks(image: Image, config: Config, keys: KeySource) -> Volume:
             raise ConfigError(f"{flag} applies to plain mode; a LUKS header sets it")
     slot = None if config.device.key_slot < 0 else config.device.key_slot
     with HeaderFile(config.device.header or image.path) as hdr:
-        module, header = read_header(hdr, config.device.type)
-        module.check_supported(header)
-        check_layout(module, header, hdr.path, image)
-        key, used = unlock(module, header, hdr, keys, slot)
+        header = read(hdr, config.device.type)
+        header.check_supported()
+        check_layout(header, hdr.path, image)
+        key, used = unlock(type(header), header, hdr, keys, slot)
         header_path = os.path.abspath(hdr.path)
-    if module is luks1:
-        version, cipher, sector_size = "luks1", header.cipher, SECTOR
-        offset, iv_tweak, size = header.payload_offset, 0, None
-    else:
-        seg = header.segment
-        version, cipher, sector_size = "luks2", seg.encryption, seg.sector_size
-        offset, iv_tweak = seg.offset // SECTOR, seg.iv_tweak
-        size = None if seg.size is None else seg.size // SECTOR
+    seg = header.segment
     try:
-        spec = parse_spec(cipher)
+        spec = parse_spec(seg.encryption)
         spec.check_key_bits(len(key) * 8)
-        geometry = Geometry.for_image(image.size, sector_size, offset, iv_tweak, False, size)
+        geometry = Geometry.for_image(image.size, seg.sector_size, seg.offset // SECTOR,
+                                      seg.iv_tweak, False,
+                                      None if seg.size is None else seg.size // SECTOR)
     except BaseException:
         key.wipe()
         raise
     info = {"key_bits": len(key) * 8, "uuid": header.uuid, "key_slot": used,
             "header": header_path}
-    return Volume(version, spec, key, geometry, info)
+    return Volume(header.KIND, spec, key, geometry, info)

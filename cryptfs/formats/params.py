@@ -5,9 +5,8 @@ they come to here."""
 import os
 from dataclasses import dataclass
 
-from ..errors import ConfigError
-from ..options import between, choice, option, parse_size
-from .kdf import (
+from cryptfs.errors import ConfigError
+from cryptfs.formats.kdf import (
     ARGON2_MAX_MEMORY,
     ARGON2_MAX_PARALLEL,
     ARGON2_MIN_MEMORY,
@@ -19,6 +18,7 @@ from .kdf import (
     argon2_time_for,
     pbkdf2_iterations_for,
 )
+from cryptfs.util.options import between, choice, option, parse_size
 
 DIGEST_MS = 125         # cryptsetup spends ~1/8 s on the volume key digest
 SALT_BYTES = 32
@@ -70,10 +70,14 @@ PRIORITIES = {"ignore": 0, "normal": 1, "prefer": 2}
 
 
 def kdf_kind(o: PbkdfOptions, version: str) -> str:
-    """The key derivation ``o`` asks for; ConfigError if LUKS1 is asked for Argon2."""
-    kind = o.pbkdf or ("pbkdf2" if version == "luks1" else "argon2id")
-    if version == "luks1" and kind != "pbkdf2":
-        raise ConfigError("LUKS1 supports only --pbkdf pbkdf2")
+    """The key derivation ``o`` asks for, or the ``version``'s default; ConfigError if that
+    version has no such key derivation (LUKS1: PBKDF2 only)."""
+    from cryptfs.formats.luks import FORMATS  # here: options need not load the formats
+    header = FORMATS[version]
+    kind = o.pbkdf or header.DEFAULT_KDF
+    if kind not in header.KDF_KINDS:
+        raise ConfigError(f"{version.upper()} supports only --pbkdf "
+                          f"{' or '.join(header.KDF_KINDS)}")
     return kind
 
 

@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 
-from ..errors import FormatError
+from cryptfs.errors import FormatError
 
 #: util-linux's blkid; cryptsetup's probe: superblocks (LUKS left out) and partition tables
 PROBE = ["-p", "-n", "nocrypto_LUKS", "-o", "export"]

@@ -1,0 +1,1 @@
+"""Layer 8: tools over whole stacks — verify, stress, bench."""
