@@ -7,12 +7,12 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 APT    := fuse3 libfuse3-dev pkg-config fio qemu-utils qemu-system-common cryptsetup-bin \
-          libjson-c5 util-linux e2fsprogs gcc libssl-dev nbdkit nbdkit-plugin-python libnbd-bin
+          libjson-c5 util-linux e2fsprogs gcc libssl-dev libgcrypt20-dev nbdkit nbdkit-plugin-python libnbd-bin
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 # where `make install` links the cryptfs command: /usr/local as root, ~/.local otherwise
 PREFIX ?= $(shell [ "$$(id -u)" -eq 0 ] && echo /usr/local || echo $$HOME/.local)
 
-.PHONY: deps system install uninstall demo test bench stress clean
+.PHONY: deps system install uninstall demo test test-unit bench stress clean
 
 deps: system $(VENV)/.installed
 
@@ -41,8 +41,13 @@ uninstall:
 demo: deps
 	$(PY) examples/demo.py
 
+# every lane, on two workers (a test file stays on one worker: some share module fixtures)
 test: deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+# the unit lane: no FUSE, no external tools, nothing slow
+test-unit: deps
+	$(PY) -m pytest -q -m "not fuse and not oracle and not slow"
 
 bench: deps
 	$(PY) -m cryptfs bench peers

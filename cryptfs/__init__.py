@@ -14,6 +14,7 @@ The Python API (see README, "Python API")::
 They are imported on first use, so ``import cryptfs`` stays cheap for the command line.
 """
 
+import importlib
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
@@ -25,10 +26,9 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str):
+    # import_module, not ``from cryptfs import errors``: that would ask this very function
     if name == "errors":
-        from cryptfs import errors
-        return errors
+        return importlib.import_module("cryptfs.errors")
     if name in __all__:
-        from cryptfs import api
-        return getattr(api, name)
+        return getattr(importlib.import_module("cryptfs.api"), name)
     raise AttributeError(f"module 'cryptfs' has no attribute {name!r}")

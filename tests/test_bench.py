@@ -28,14 +28,16 @@ def test_quick_bench_reports_every_target(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr
-    for target in ("cryptfs multidu/multi_du", "qemu-storage-daemon",
-                   "pyfuse3 passthrough (no crypto)"):
+    for target in ("cryptfs native multidu/multi_du", "cryptfs trio multidu/multi_du",
+                   "qemu-storage-daemon", "pyfuse3 passthrough (no crypto)",
+                   "cryptfs native plane, cipher_null (no crypto)"):
         assert f"| seq-read-128k | {target} |" in result.stdout
     runs = list((tmp_path / "bench-results").glob("*-quick.json"))
     assert len(runs) == 1 and runs[0].with_suffix(".png").stat().st_size > 1000
     data = json.loads(runs[0].read_text())
     rows = data["results"]["rand-read-4k"]["targets"]
     assert rows["qemu-storage-daemon"]["vs_qemu"] == 1.0
+    assert rows["cryptfs native plane, cipher_null (no crypto)"]["vs_native_ceiling"] == 1.0
     assert all(r["median"] > 0 and r["cpu_per_gib"] > 0 for r in rows.values())
     assert leftovers() == []
 

@@ -21,7 +21,7 @@
  *     sector u * iv_step + iv_offset: iv_step and iv_offset are Geometry.iv_step and
  *     Geometry.iv_base (cryptfs/core/geometry.py).  core_capsule: Core.capsule() of the keyed
  *     core (the session takes its own reference).  multi_du: one core call per bio (split over
- *     crypto_threads threads from split_bytes bytes; 0 = always), else one per data unit.
+ *     crypto_threads threads from split_bytes bytes; 0 = never), else one per data unit.
  *     uid, gid, mtime_ns: the device file's owner and time.  threads: FUSE worker threads at
  *     most (0: one per CPU); max_background, congestion_threshold: the kernel's (0: its
  *     default).  stats: a callable returning bytes, called (with the GIL) each time the stats
@@ -295,7 +295,8 @@ static int convert(struct plane *p, struct worker *w, int encrypt, uint64_t a,
     uint64_t unit = a / p->ss;
     size_t units = len / p->ss;
     if (p->multi_du) {
-        int threads = p->crypto_threads > 1 && len >= p->split_bytes ? p->crypto_threads : 1;
+        int threads = p->crypto_threads > 1 && p->split_bytes && len >= p->split_bytes
+                      ? p->crypto_threads : 1;
         if (c->crypt_sectors(c->core, encrypt, src, dst, len, unit * p->iv_step + p->iv_base,
                              p->ss, p->iv_step, threads))
             return EIO;
