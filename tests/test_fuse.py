@@ -209,6 +209,8 @@ def test_close_cleans_up_after_a_dead_daemon(planes_volume):
     deadline = time.monotonic() + 10
     while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
         time.sleep(0.05)
+    again = cryptfs("open", image, mnt, "--type", "plain", "--key-file", key)
+    assert again.returncode == 5 and f"run 'cryptfs close {mnt}' first" in again.stderr
     result = cryptfs("close", mnt)
     assert result.returncode == 0, result.stderr
     assert "its daemon had died" in result.stderr

@@ -286,3 +286,44 @@ def test_a_read_only_loop_device_opens_read_only(tmp_path):
     finally:
         subprocess.run(["losetup", "-d", device], capture_output=True)
 
+
+
+@pytest.mark.parametrize("where, size, message", [
+    ("missing/dir/disk.img", "17M", "cannot create"),
+    ("ro/disk.img", "17M", "cannot create"),
+    ("disk.img", "8000T", "cannot make"),             # past what the filesystem allows
+])
+def test_a_failed_format_is_one_line_and_leaves_nothing(tmp_path, where, size, message):
+    (tmp_path / "ro").mkdir()
+    os.chmod(tmp_path / "ro", 0o555)
+    key = tmp_path / "key"
+    key.write_text(PASSPHRASE)
+    target = tmp_path / where
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    try:
+        result = run_cryptfs("format", target, "--size", size, "--key-file", key, *FAST)
+        if result.returncode == 0 and os.geteuid() == 0 and where.startswith("ro/"):
+            pytest.skip("root may write into a read-only directory")
+        refused(result, result.returncode or 1, message)
+        assert not target.exists()
+        assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    finally:
+        os.chmod(tmp_path / "ro", 0o755)
+
+
+def test_a_mountpoint_that_is_not_empty_is_warned_about(tmp_path):
+    import logging
+
+    from cryptfs.cli.commands import _check_mountpoint
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "a file").write_text("hidden while open")
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("cryptfs").addHandler(handler)
+    try:
+        assert _check_mountpoint(str(full)) == str(full)
+    finally:
+        logging.getLogger("cryptfs").removeHandler(handler)
+    assert any("is not empty" in r.getMessage() for r in records)
