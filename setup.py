@@ -41,8 +41,10 @@ fuse3 = pkg_config("fuse3", {"include_dirs": ["/usr/include/fuse3"],
                              "libraries": ["fuse3", "pthread"]})
 
 setup(ext_modules=[
-    Extension("cryptfs.backends._native", ["backends/_native.c", "backends/core.c"],
-              depends=["backends/core.h"], libraries=["crypto"],
+    Extension("cryptfs.backends._native", ["backends/_native.c", "backends/core.c",
+                                           "backends/adiantum.c"],
+              depends=["backends/core.h", "backends/adiantum.h"],
+              libraries=["crypto", "gcrypt"],
               extra_compile_args=WARNINGS, optional=True),
     Extension("cryptfs.fuse._plane", ["cryptfs/fuse/_plane.c"],
               depends=["backends/core.h"],

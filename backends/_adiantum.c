@@ -1,7 +1,8 @@
 /*
  * backends._adiantum: a minimal, test-only Python binding of Adiantum (adiantum.h,
  * adiantum.c), so tests/test_adiantum.py can run the kernel's vectors and properties over the
- * C code.  Not a backend: nothing in cryptfs imports it.
+ * C code; also the per-sector reference Adiantum of the software backend and LUKS key slots
+ * (backends/aes.py: UnitCipher), the native core linking adiantum.c itself.
  *
  * Adiantum(key, rounds=12)
  *     key: 32 bytes; rounds: 12 (adiantum(xchacha12,aes)) or 20 (adiantum(xchacha20,aes)).

@@ -9,7 +9,8 @@
  *
  * Core(chain, key, ivmode, essiv_hash=None)
  *     chain: "xts" or "cbc" (or "null": dm-crypt's cipher_null-ecb, output = input, the key
- *     ignored - the data plane's no-crypto ceiling); key: the volume key (XTS: both halves);
+ *     ignored - the data plane's no-crypto ceiling; or "adiantum12" / "adiantum20": Adiantum,
+ *     a 32-byte key, IV modes plain, plain64 and null, the IV zero-padded to the tweak); key: the volume key (XTS: both halves);
  *     ivmode: plain, plain64, plain64be, essiv, benbi or null; essiv_hash: ESSIV's digest
  *     name.  Keys every context once and keeps no copy of the key bytes.  ValueError for a key
  *     or mode OpenSSL refuses.

@@ -8,12 +8,22 @@
  * Why C: the per-unit loop is the hot loop of the device.  In Python (ctypes) it costs about a
  * microsecond per unit; here it runs at OpenSSL's speed.  Nothing here is cryptography of its
  * own: AES-XTS and AES-CBC are OpenSSL's, ESSIV's salt is OpenSSL's digest.  The null cipher
- * (dm-crypt's cipher_null-ecb) copies: it measures everything but the cipher.
+ * (dm-crypt's cipher_null-ecb) copies: it measures everything but the cipher.  Adiantum
+ * (chains adiantum12 and adiantum20) is adiantum.c, the whole unit one wide block, its 32-byte
+ * tweak the unit's IV zero-padded as dm-crypt pads it.
+ *
+ * Serpent, Twofish and Camellia (chains "serpent-xts", "twofish-cbc", ...) are libgcrypt's:
+ * cryptsetup's other crypto backend, with every one of them and XTS for any 128-bit block
+ * cipher, where OpenSSL 3 has no serpent or twofish and no XTS for camellia.  A libgcrypt
+ * handle cannot be copied, so the core keeps the key (cleansed when the core goes) to key one
+ * handle set per thread; ESSIV's IV cipher is then the data cipher in ECB keyed with the hash.
  */
 #include "core.h"
+#include "adiantum.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <gcrypt.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -33,6 +43,7 @@ static const char *const IVMODE_NAMES[] = {"plain", "plain64", "plain64be", "ess
 /* One thread's contexts: the data cipher both ways, and ESSIV's IV cipher. */
 typedef struct ctxset {
     EVP_CIPHER_CTX *enc, *dec, *essiv;
+    gcry_cipher_hd_t g, gessiv;     /* libgcrypt ciphers: one handle both ways, ESSIV's */
     struct ctxset *next;
 } ctxset;
 
@@ -43,6 +54,11 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 struct core {
     int ivmode;
     int null;               /* cipher_null: no contexts at all */
+    struct adiantum_ctx *adiantum;  /* Adiantum: read-only once keyed, shared by threads */
+    int galgo, gmode;       /* libgcrypt cipher: algorithm and mode, 0 for OpenSSL's */
+    int gessiv_algo;        /* its ESSIV cipher (ECB), 0 without ESSIV */
+    unsigned char *gkey;    /* the key (volume key, then ESSIV's salt) to key more handles */
+    size_t gkeylen, gsaltlen;
     ctxset *keyed;          /* the template every other context set is copied from */
     ctxset *idle;           /* context sets not in use */
     int refs;               /* atomic: holders; the last one frees */
@@ -58,6 +74,8 @@ static void ctxset_free(ctxset *s)
     EVP_CIPHER_CTX_free(s->enc);    /* frees and cleanses the key schedules */
     EVP_CIPHER_CTX_free(s->dec);
     EVP_CIPHER_CTX_free(s->essiv);
+    gcry_cipher_close(s->g);        /* NULL is ignored; closing wipes the key schedule */
+    gcry_cipher_close(s->gessiv);
     free(s);
 }
 
@@ -82,6 +100,25 @@ fail:
     return NULL;
 }
 
+/* A libgcrypt handle set keyed from the core's key copy; NULL if libgcrypt fails. */
+static ctxset *gset_new(const struct core *core)
+{
+    ctxset *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    if (gcry_cipher_open(&s->g, core->galgo, core->gmode, 0) ||
+        gcry_cipher_setkey(s->g, core->gkey, core->gkeylen))
+        goto fail;
+    if (core->gessiv_algo &&
+        (gcry_cipher_open(&s->gessiv, core->gessiv_algo, GCRY_CIPHER_MODE_ECB, 0) ||
+         gcry_cipher_setkey(s->gessiv, core->gkey + core->gkeylen, core->gsaltlen)))
+        goto fail;
+    return s;
+fail:
+    ctxset_free(s);
+    return NULL;
+}
+
 /* A context set for a piece of a call: an idle one, or a fresh copy of the keyed template. */
 static ctxset *ctxset_get(struct core *core)
 {
@@ -90,7 +127,9 @@ static ctxset *ctxset_get(struct core *core)
     if (s)
         core->idle = s->next;
     pthread_mutex_unlock(&lock);
-    return s ? s : ctxset_copy(core->keyed);
+    if (s)
+        return s;
+    return core->galgo ? gset_new(core) : ctxset_copy(core->keyed);
 }
 
 static void ctxset_put(struct core *core, ctxset *s)
@@ -190,7 +229,7 @@ static int derive_ivs(int ivmode, EVP_CIPHER_CTX *essiv, u128 c, u128 step, size
             break;
         }
     }
-    if (ivmode == IV_ESSIV) {
+    if (ivmode == IV_ESSIV && essiv) {
         int len;
         if (!EVP_CipherUpdate(essiv, out[0], &len, out[0], (int)(n * 16)) ||
             len != (int)(n * 16))
@@ -216,6 +255,60 @@ typedef struct piece {
     struct piece *next;
 } piece;
 
+/* Adiantum's units: one adiantum_crypt each, the tweak the derived IV zero-padded to 32. */
+static void run_adiantum(piece *p, unsigned char (*ivs)[16])
+{
+    unsigned char tweak[ADIANTUM_TWEAK_SIZE] = {0};
+    u128 c = p->counter;
+    p->err = 0;
+    for (size_t first = 0; first < p->units && !p->err; first += IV_BATCH) {
+        size_t n = p->units - first < IV_BATCH ? p->units - first : IV_BATCH;
+        derive_ivs(p->core->ivmode, NULL, c, p->step, n, ivs);   /* no ESSIV: cannot fail */
+        c += p->step * n;
+        for (size_t i = 0; i < n; i++) {
+            size_t at = (first + i) * p->du;
+            memcpy(tweak, ivs[i], 16);
+            if (adiantum_crypt(p->core->adiantum, p->encrypt, p->src + at, p->dst + at, p->du,
+                               tweak)) {
+                p->err = errno == ENOMEM ? ENOMEM : EIO;
+                break;
+            }
+        }
+    }
+    OPENSSL_cleanse(ivs, IV_BATCH * 16);
+    OPENSSL_cleanse(tweak, sizeof tweak);
+}
+
+/* libgcrypt's units: re-IV the one handle per unit (ESSIV: the batch's IVs encrypted in
+ * place by the ECB handle first).  p->err is 0 or EIO. */
+static void run_gcrypt(piece *p, ctxset *s, unsigned char (*ivs)[16])
+{
+    u128 c = p->counter;
+    for (size_t first = 0; first < p->units; first += IV_BATCH) {
+        size_t n = p->units - first < IV_BATCH ? p->units - first : IV_BATCH;
+        derive_ivs(p->core->ivmode, NULL, c, p->step, n, ivs);
+        if (s->gessiv && gcry_cipher_encrypt(s->gessiv, ivs[0], n * 16, NULL, 0))
+            goto out;
+        c += p->step * n;
+        for (size_t i = 0; i < n; i++) {
+            size_t at = (first + i) * p->du;
+            const unsigned char *in = p->src + at;
+            unsigned char *out = p->dst + at;
+            gcry_error_t e = gcry_cipher_setiv(s->g, ivs[i], 16);
+            if (!e)
+                e = p->encrypt ? gcry_cipher_encrypt(s->g, out, p->du, in == out ? NULL : in,
+                                                     in == out ? 0 : p->du)
+                               : gcry_cipher_decrypt(s->g, out, p->du, in == out ? NULL : in,
+                                                     in == out ? 0 : p->du);
+            if (e)
+                goto out;
+        }
+    }
+    p->err = 0;
+out:
+    OPENSSL_cleanse(ivs, IV_BATCH * 16);
+}
+
 static void run_piece(piece *p)
 {
     unsigned char ivs[IV_BATCH][16];
@@ -225,11 +318,20 @@ static void run_piece(piece *p)
         p->err = 0;
         return;
     }
+    if (p->core->adiantum) {
+        run_adiantum(p, ivs);
+        return;
+    }
     ctxset *s = ctxset_get(p->core);
     p->err = ENOMEM;
     if (!s)
         return;
     p->err = EIO;
+    if (p->core->galgo) {
+        run_gcrypt(p, s, ivs);
+        ctxset_put(p->core, s);
+        return;
+    }
     EVP_CIPHER_CTX *ctx = p->encrypt ? s->enc : s->dec;
     u128 c = p->counter;
     int len;
@@ -473,12 +575,81 @@ static ctxset *keyed_set(const EVP_CIPHER *cipher, const unsigned char *key, siz
     return s;
 }
 
+/* libgcrypt's algorithm for cipher (serpent, twofish, camellia) with a bits-bit key, 0 if
+ * none (libgcrypt's twofish takes 128 and 256 bits). */
+static int gcrypt_algo(const char *cipher, size_t len, size_t bits)
+{
+    char name[32];
+    if (strncmp(cipher, "twofish", len) == 0 && len == 7)
+        snprintf(name, sizeof name, bits == 256 ? "TWOFISH" : "TWOFISH%zu", bits);
+    else if ((len == 7 && strncmp(cipher, "serpent", 7) == 0) ||
+             (len == 8 && strncmp(cipher, "camellia", 8) == 0))
+        snprintf(name, sizeof name, "%.*s%zu", (int)len, cipher, bits);
+    else
+        return 0;
+    if (bits != 128 && bits != 192 && bits != 256)
+        return 0;
+    for (char *c = name; *c; c++)
+        if (*c >= 'a' && *c <= 'z')
+            *c = (char)(*c - 'a' + 'A');
+    return gcry_cipher_map_name(name);
+}
+
+/* Fill core's libgcrypt fields for chain "CIPHER-MODE" (xts or cbc) and check the key with a
+ * first handle set; NULL, or why not. */
+static const char *gcrypt_setup(struct core *core, const char *chain, const unsigned char *key,
+                                size_t keylen, const char *essiv_hash)
+{
+    const char *dash = strchr(chain, '-'), *mode = dash + 1;
+    int xts = strcmp(mode, "xts") == 0;
+    if (!gcry_control(GCRYCTL_INITIALIZATION_FINISHED_P)) {
+        gcry_check_version(NULL);
+        gcry_control(GCRYCTL_DISABLE_SECMEM, 0);
+        gcry_control(GCRYCTL_INITIALIZATION_FINISHED, 0);
+    }
+    if (!xts && strcmp(mode, "cbc") != 0)
+        return "libgcrypt ciphers take the xts or cbc chain mode";
+    core->gmode = xts ? GCRY_CIPHER_MODE_XTS : GCRY_CIPHER_MODE_CBC;
+    core->galgo = gcrypt_algo(chain, (size_t)(dash - chain), keylen * 8 / (xts ? 2 : 1));
+    if (!core->galgo || (xts && keylen % 2))
+        return "unknown cipher, or key size not valid for it";
+    unsigned char salt[EVP_MAX_MD_SIZE];
+    unsigned int salt_len = 0;
+    if (essiv_hash) {
+        const EVP_MD *md = EVP_get_digestbyname(essiv_hash);
+        if (!md || !EVP_Digest(key, keylen, salt, &salt_len, md, NULL))
+            return "ESSIV: unknown hash";
+        core->gessiv_algo = gcrypt_algo(chain, (size_t)(dash - chain), salt_len * 8);
+        if (!core->gessiv_algo) {
+            OPENSSL_cleanse(salt, sizeof salt);
+            return "ESSIV: the hash's digest is no key size of this cipher";
+        }
+    }
+    if (!(core->gkey = malloc(keylen + salt_len + 1))) {
+        OPENSSL_cleanse(salt, sizeof salt);
+        return "out of memory";
+    }
+    memcpy(core->gkey, key, keylen);
+    memcpy(core->gkey + keylen, salt, salt_len);
+    OPENSSL_cleanse(salt, sizeof salt);
+    core->gkeylen = keylen;
+    core->gsaltlen = salt_len;
+    ctxset *first = gset_new(core);
+    if (!first)
+        return "libgcrypt refuses this key";
+    core->idle = first;
+    return NULL;
+}
+
 struct core *core_new(const char *chain, const unsigned char *key, size_t keylen,
                       const char *ivmode, const char *essiv_hash, char *err, size_t errlen)
 {
     const char *error = NULL;
     const EVP_CIPHER *cipher = NULL;
     int xts = strcmp(chain, "xts") == 0, null = strcmp(chain, "null") == 0;
+    int adiantum = strcmp(chain, "adiantum12") == 0 ? 12
+                 : strcmp(chain, "adiantum20") == 0 ? 20 : 0;
+    int gcrypt_chain = strchr(chain, '-') != NULL;     /* "serpent-xts" ... */
     size_t bits = keylen * 8 / (xts ? 2 : 1);
     int mode = -1;
     struct core *core = NULL;
@@ -488,9 +659,11 @@ struct core *core_new(const char *chain, const unsigned char *key, size_t keylen
     else if (strcmp(chain, "cbc") == 0)
         cipher = bits == 128 ? EVP_aes_128_cbc() : bits == 192 ? EVP_aes_192_cbc()
                : bits == 256 ? EVP_aes_256_cbc() : NULL;
-    else if (!null)
-        error = "chain mode must be xts, cbc or null";
-    if (!error && !cipher && !null)
+    else if (adiantum && keylen != ADIANTUM_KEY_SIZE)
+        error = "an Adiantum key is 32 bytes";
+    else if (!null && !adiantum && !gcrypt_chain)
+        error = "chain mode must be xts, cbc, adiantum12, adiantum20 or null";
+    if (!error && !cipher && !null && !adiantum && !gcrypt_chain)
         error = "key size not valid for this chain mode";
     for (int i = 0; !error && IVMODE_NAMES[i]; i++)
         if (strcmp(ivmode, IVMODE_NAMES[i]) == 0)
@@ -499,15 +672,35 @@ struct core *core_new(const char *chain, const unsigned char *key, size_t keylen
         error = "unknown IV mode";
     if (!error && (mode == IV_ESSIV) != (essiv_hash != NULL))
         error = "essiv_hash goes with (and only with) the essiv IV mode";
+    /* dm-crypt fills the front of Adiantum's 32-byte IV only in these modes */
+    if (!error && adiantum && mode != IV_PLAIN && mode != IV_PLAIN64 && mode != IV_NULL)
+        error = "Adiantum takes the plain, plain64 or null IV mode";
     if (!error && !(core = calloc(1, sizeof *core)))
         error = "out of memory";
-    if (!error && !null) {
+    if (!error && gcrypt_chain)
+        error = gcrypt_setup(core, chain, key, keylen, essiv_hash);
+    if (!error && gcrypt_chain) {
+        ;   /* keyed per thread from core->gkey (gset_new) */
+    } else if (!error && adiantum) {
+        void *mem = NULL;
+        if (posix_memalign(&mem, 64, sizeof *core->adiantum))
+            error = "out of memory";
+        else if (adiantum_init(mem, key, adiantum)) {
+            free(mem);
+            error = "Adiantum could not be keyed (OpenSSL failed)";
+        } else
+            core->adiantum = mem;
+    } else if (!error && !null) {
         const char *why;
         core->keyed = keyed_set(cipher, key, keylen, essiv_hash, &why);
         if (!core->keyed)
             error = why;
     }
     if (error) {
+        if (core && core->gkey) {
+            OPENSSL_cleanse(core->gkey, core->gkeylen + core->gsaltlen);
+            free(core->gkey);
+        }
         free(core);
         if (errlen)
             snprintf(err, errlen, "%s", error);
@@ -544,6 +737,14 @@ void core_unref(struct core *core)
         idle = next;
     }
     ctxset_free(core->keyed);
+    if (core->gkey) {
+        OPENSSL_cleanse(core->gkey, core->gkeylen + core->gsaltlen);
+        free(core->gkey);
+    }
+    if (core->adiantum) {
+        adiantum_wipe(core->adiantum);
+        free(core->adiantum);
+    }
     pthread_cond_destroy(&core->quiet);
     free(core);
 }

@@ -30,6 +30,9 @@ struct core;
  *   chain: "xts" (AES-XTS, key = both halves: 32 or 64 bytes) or "cbc" (AES-CBC, 16/24/32
  *          bytes); or "null": dm-crypt's cipher_null-ecb, output = input, any key (ignored) and
  *          any IV mode (validated, ignored) - the plane's no-crypto ceiling.
+ *          "adiantum12" / "adiantum20": Adiantum with XChaCha12 / XChaCha20 (adiantum.h),
+ *          a 32-byte key, the unit one wide block (16..65536 bytes), the tweak the unit's IV
+ *          zero-padded to 32 bytes; only the plain, plain64 and null IV modes.
  *   ivmode: plain, plain64, plain64be, essiv, benbi or null; essiv_hash (digest name) goes
  *          with, and only with, essiv.
  */

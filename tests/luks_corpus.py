@@ -261,7 +261,7 @@ LUKS2_CASES = [
     ("segment-iv-tweak-negative", _set("segments.0.iv_tweak", "-1")),
     ("segment-iv-tweak-int", _set("segments.0.iv_tweak", 0)),
     ("segment-encryption-missing", _set("segments.0.encryption", DELETE)),
-    ("segment-encryption-unknown", _set("segments.0.encryption", "twofish-xts-plain64")),
+    ("segment-encryption-unknown", _set("segments.0.encryption", "des3_ede-xts-plain64")),
     ("segment-no-digest", _set("digests.0.segments", [])),
     ("segment-integrity-incomplete", _set("segments.0.integrity", {"type": "hmac(sha256)"})),
     ("segment-integrity-complete", _set("segments.0.integrity", {

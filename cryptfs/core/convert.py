@@ -166,7 +166,7 @@ class Converter:
         self.asynchronous = backend.caps.asynchronous
         self.multi_du, self.reason = choose_path(mode, spec, geometry, backend)
         ivmode = IV_MODES[spec.ivmode]
-        final = ivmode.generator(key, spec.ivopts)
+        final = ivmode.generator(key, spec.ivopts, spec.cipher)
         derived = spec.ivmode in backend.caps.derived_iv_modes
         # A backend that derives a non-counter IV mode itself is handed plain64 counters.
         self.backend_iv = IV_MODES["plain64"].generator(key, None) \

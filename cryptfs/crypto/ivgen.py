@@ -67,15 +67,27 @@ def _null(iv_sector: int) -> bytes:
 
 
 class Essiv:
-    """ESSIV: IV = AES_{H(key)}(plain64 IV).  Holds the salted ECB encryptor."""
+    """ESSIV: IV = E_{H(key)}(plain64 IV), E the data cipher in ECB (AES unless ``cipher``
+    names another, as dm-crypt's ESSIV uses the data cipher).  Holds the salted encryptor."""
 
-    def __init__(self, key: bytes | bytearray, hash_name: str):
+    def __init__(self, key: bytes | bytearray, hash_name: str, cipher: str = "aes"):
         salt = bytearray(hashlib.new(hash_name, key).digest())
-        self._ecb = Cipher(algorithms.AES(salt), modes.ECB()).encryptor()
+        if cipher == "aes":
+            self._ecb = Cipher(algorithms.AES(salt), modes.ECB()).encryptor().update
+        else:
+            from cryptfs.crypto.gcrypt import GcryptCipher
+            ecb = GcryptCipher(cipher, "ecb", salt)
+            self._ecb = lambda block: _ecb_block(ecb, block)
         salt[:] = bytes(len(salt))
 
     def __call__(self, iv_sector: int) -> bytes:
-        return self._ecb.update(_plain64(iv_sector))
+        return self._ecb(_plain64(iv_sector))
+
+
+def _ecb_block(ecb, block: bytes) -> bytes:
+    out = bytearray(len(block))
+    ecb.crypt(True, None, block, out)
+    return bytes(out)
 
 
 
@@ -103,7 +115,11 @@ class IvMode:
             raise SpecError(f"hash '{opts}' gives a {size * 8}-bit digest; ESSIV with AES needs "
                             "128, 192 or 256 bits (e.g. sha256)")
 
-    def generator(self, key: bytes | bytearray, opts: str | None) -> IvGenerator:
+    def generator(self, key: bytes | bytearray, opts: str | None,
+                  cipher: str = "aes") -> IvGenerator:
+        """``cipher``: the data cipher, which ESSIV's IV cipher is (other modes ignore it)."""
+        if cipher != "aes" and self.name == "essiv":
+            return Essiv(key, opts, cipher)
         return self.factory(key, opts)
 
 

@@ -36,10 +36,10 @@ def _crypt(op: Op, cipher: str, key: Secret, data: bytearray) -> None:
     spec = header_spec(cipher)
     spec.check_key_bits(len(key) * 8)
     try:
-        unit = UnitCipher(spec.mode, key.buffer)
+        unit = UnitCipher(spec.chain, key.buffer)
     except CryptoFailure as e:
         raise FormatError(f"key slot cipher {cipher}: {e}") from None
-    iv = IV_MODES[spec.ivmode].generator(key.buffer, spec.ivopts)
+    iv = IV_MODES[spec.ivmode].generator(key.buffer, spec.ivopts, spec.cipher)
     view = memoryview(data)
     for sector, at in enumerate(range(0, len(data), SECTOR)):
         unit.crypt(op, iv(sector), view[at:at + SECTOR], view[at:at + SECTOR])

@@ -163,7 +163,11 @@ class Luks1Header(LuksHeader):
         if phdr.version != cls.VERSION:
             raise FormatError(f"LUKS1 header version {phdr.version} is not supported")
         header = cls.unpack(data)
-        hash_bytes = getattr(new_hash(header.hash), "digest_size", 0)
+        hashed = new_hash(header.hash)
+        if hashed is None:
+            raise FormatError(f"LUKS1 hash-spec {header.hash!r}: hash {header.hash} is not "
+                              "supported here")
+        hash_bytes = hashed.digest_size
         if hash_bytes < MK_DIGEST_SIZE:
             raise FormatError(f"LUKS1 hash-spec {header.hash!r} is not a hash of at least "
                               f"{MK_DIGEST_SIZE} bytes here")
