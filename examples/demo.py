@@ -65,7 +65,7 @@ def main() -> int:
             print("cryptsetup accepts the image and its passphrase")
     print(f"\ncryptfs demo: {status['type'].upper()} {status['cipher']}, "
           f"{status['sector_size']}-byte sectors, backend {status['backend']} "
-          f"({status['crypto_path']}), "
+          f"({status['crypto_path']}) on the {status['plane']} plane, "
           f"fio psync direct=1, {RUNTIME} s per job")
     print(f"{'job':<16}{'MiB/s':>10}{'IOPS':>10}{'p50 lat us':>12}")
     for name, r in results:
