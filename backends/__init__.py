@@ -1,4 +1,4 @@
-"""Crypto backends behind one contract (:mod:`backends.base`), created by name.
+"""Crypto backends behind one contract (:mod:`cryptfs.backends.base`), created by name.
 
 ``create(name, spec, key, options, threads)`` builds a backend for an open device; an unknown
 name raises BackendError listing the known ones.  Each backend class declares ``Options``: a

@@ -1,8 +1,9 @@
 """The errors cryptfs raises, flat and in one place.
 
 Every error a user can cause is a :class:`CryptfsError` whose message is one line that names
-what is wrong and what is allowed.  The CLI prints that line and exits non-zero; ``fuse_ops`` is
-the only place that turns errors into errno values for the kernel (``DeviceError.errno``).
+what is wrong and what is allowed.  The CLI prints that line and exits non-zero;
+``cryptfs.fuse.operations`` is the only place on the trio plane that turns errors into errno
+values for the kernel (``DeviceError.errno``); the native plane has its own single point in C.
 Messages never contain key material or passphrases.
 """
 

@@ -1,7 +1,7 @@
 """The one place that assembles an image into a device — format → volume key → backend →
 converter → device — and takes it apart again, wiping the key.
 
-The FUSE daemon (:mod:`cryptfs.daemon`) and the Python API both call :func:`assemble`; the
+The FUSE daemon (:mod:`cryptfs.fuse.daemon`) and the Python API both call :func:`assemble`; the
 daemon adds the trio side (request queue, FUSE operations) on top of the same device.
 """
 

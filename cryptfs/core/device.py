@@ -8,7 +8,7 @@ or ends inside a data unit reads the edge units, patches them and writes whole u
 never interleave.  Reads at or past the end return nothing (EOF); writes past the end are cut
 at the end, and a write starting at or past it fails with ENOSPC, as on a block device.
 
-Synchronous and thread-safe — the FUSE front (:mod:`cryptfs.queue`) calls it inline on the trio
+Synchronous and thread-safe — the FUSE front (:mod:`cryptfs.fuse.queue`) calls it inline on the trio
 thread or from crypto worker threads, the Python API from any thread — and, for asynchronous
 backends, the same requests as coroutines that await the backend's completions on the trio
 thread (``read_async``, ``write_async``, ``discard_async``).  Ciphertext buffers are

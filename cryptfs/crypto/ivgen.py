@@ -1,7 +1,7 @@
 """IV generators: dm-crypt's table of IV modes.
 
 Each mode turns an *IV sector* — the data unit's number as dm-crypt counts it, see
-:meth:`cryptfs.geometry.Geometry.iv_sector` — into the 16-byte IV of that data unit:
+:meth:`cryptfs.core.geometry.Geometry.iv_sector` — into the 16-byte IV of that data unit:
 
 =========  ===================================================================  ===========
 mode       IV                                                                   byteorder

@@ -1,7 +1,7 @@
 """Options declared once.
 
 An option is a dataclass field made by :func:`option`: its type, default, check, one-line help
-and, if it has one, its command-line flag.  The config sections (:mod:`cryptfs.config`) and the
+and, if it has one, its command-line flag.  The config sections (:mod:`cryptfs.core.config`) and the
 options of ``format`` and the key slot commands (:mod:`cryptfs.formats.params`) are such
 dataclasses; the argparse flags (:func:`add_flags`), the checks (:func:`checked`) and the
 reference tables of docs/config.md (:func:`rows`) all come from them.
