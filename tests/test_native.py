@@ -229,3 +229,11 @@ def test_split_work_survives_a_fork():
     os.close(read_end)
     _, status = os.waitpid(pid, 0)
     assert verdict == b"ok" and status == 0
+
+
+def test_bench_core_measures_every_cipher_the_core_runs():
+    from cryptfs.tools.bench import core
+    rows, found = core.ciphers(0.01, 1, 2)
+    assert [row[0] for row in rows] == list(core.CIPHERS)
+    assert len(found) == len(core.CIPHERS) * len(core.UNIT_SIZES) * 2
+    assert all(speed > 0 for speed in found.values())

@@ -405,7 +405,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from cryptfs.util.progress import run_bar
     if args.study == "core":
         _require("openssl", installer="make bench")
-        with run_bar(args.reps * len(core.UNIT_SIZES) * 3, "bench") as bar:
+        with run_bar(len(core.UNIT_SIZES) * (3 * args.reps + 2 * len(core.CIPHERS)),
+                     "bench") as bar:
             print(core.study(args.runtime or 2, args.reps, progress=bar.update))
         return 0
     _require(*("fio", "qemu-img", "qemu-storage-daemon", "nbdkit")[
