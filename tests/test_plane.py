@@ -245,6 +245,15 @@ def test_per_sector_and_multi_du_write_identical_images(plane):
     assert images[0] == images[1]
 
 
+def on_threads(work, n: int) -> None:
+    """``work(i)`` for i in 0..n-1, each on a thread of its own, all at once."""
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def test_concurrent_overlapping_unaligned_writes_leave_every_unit_whole(plane):
     # Eight writers, unaligned ranges over the same few units, each with its own byte: every
     # unit must decrypt (by the oracle) to writers' bytes only - a torn or stale ciphertext
@@ -262,11 +271,7 @@ def test_concurrent_overlapping_unaligned_writes_leave_every_unit_whole(plane):
             os.pwrite(own, bytes([i + 1]) * rng.randrange(1, 3000), off)
         os.close(own)
 
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    on_threads(writer, 8)
     plain = p.plaintext_on_disk()[:region]
     assert set(plain) <= set(range(9))
     assert os.pread(fd, region, 0) == plain
@@ -287,11 +292,7 @@ def test_concurrent_writes_sharing_units_lose_no_update(plane):
                 os.pwrite(own, bytes([(i * rounds + r) % 251 + 1]) * 100, c * 100)
         os.close(own)
 
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    on_threads(writer, 8)
     plain = p.plaintext_on_disk()
     for c in range(chunks):
         i = c % 8
