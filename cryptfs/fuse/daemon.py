@@ -100,17 +100,6 @@ class Daemon:
         self.stack.close()
 
 
-def fuse_options(daemon: Daemon) -> set[str]:
-    device = daemon.stack.config.device
-    opts = set(pyfuse3.default_options)       # default_permissions: the kernel checks modes
-    opts |= {"fsname=cryptfs", "subtype=cryptfs"}
-    if device.read_only:
-        opts.add("ro")
-    if device.allow_other:
-        opts.add("allow_other")
-    return opts
-
-
 async def serve(daemon: Daemon, mountpoint: str, ready: Callable[[], None]) -> None:
     """Mount, call ``ready()``, serve until unmounted or signalled, then flush and unmount."""
     log.info("plane: %s (%s)", daemon.plane, daemon.plane_reason)
@@ -122,7 +111,7 @@ async def serve(daemon: Daemon, mountpoint: str, ready: Callable[[], None]) -> N
 
 async def _serve_trio(daemon: Daemon, mountpoint: str, ready: Callable[[], None]) -> None:
     ops = DeviceOperations(daemon.queue, daemon.status)
-    pyfuse3.init(ops, mountpoint, fuse_options(daemon))
+    pyfuse3.init(ops, mountpoint, set(native.mount_options(daemon.stack.config)))
     try:
         async with trio.open_nursery() as nursery:
             await daemon.start(nursery)

@@ -79,14 +79,15 @@ def choose(stack) -> tuple[str, str]:
     return "trio", f"auto: {reason}"
 
 
-def fuse_options(config: Config) -> list[str]:
-    """libfuse's mount options, as the trio plane's (:func:`cryptfs.fuse.daemon.fuse_options`)."""
+def mount_options(config: Config) -> list[str]:
+    """The mount options of a device, whichever plane serves it (default_permissions: the
+    kernel checks modes)."""
     opts = ["fsname=cryptfs", "subtype=cryptfs", "default_permissions"]
     if config.device.read_only:
         opts.append("ro")
     if config.device.allow_other:
         opts.append("allow_other")
-    return ["-o", ",".join(opts)]
+    return opts
 
 
 def open_session(daemon, mountpoint: str):
@@ -98,10 +99,10 @@ def open_session(daemon, mountpoint: str):
         return json.dumps(daemon.status(), indent=2).encode() + b"\n"
 
     return _plane.Session(
-        mountpoint, fuse_options(s.config), s.image.fd, g.payload_offset, g.size,
-        g.sector_size, g.iv_step, g.iv_base, s.backend.core.capsule(), s.converter.multi_du,
-        s.device.read_only, s.device.allow_discards, os.getuid(), os.getgid(),
-        os.fstat(s.image.fd).st_mtime_ns, p.fuse_threads, p.max_background,
+        mountpoint, ["-o", ",".join(mount_options(s.config))], s.image.fd, g.payload_offset,
+        g.size, g.sector_size, g.iv_step, g.iv_base, s.backend.core.capsule(),
+        s.converter.multi_du, s.device.read_only, s.device.allow_discards, os.getuid(),
+        os.getgid(), os.fstat(s.image.fd).st_mtime_ns, p.fuse_threads, p.max_background,
         p.max_background * 3 // 4, s.backend.split_bytes, s.backend.threads, stats)
 
 
