@@ -39,8 +39,13 @@
 #include <openssl/crypto.h>
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
 
 #include "core.h"
+#include "engine.h"
 
 static PyObject *NativeError;
 
@@ -231,6 +236,273 @@ static PyTypeObject CoreType = {
     .tp_methods = Core_methods,
 };
 
+/* --- Engine: the simulated asynchronous engine (engine.h) ------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    struct engine *engine;  /* NULL when closed */
+} Engine;
+
+/* One crypt() call's request: its own copy of the data (the engine may hold it past a
+ * timeout, after the caller's buffers are gone), freed by whichever of the caller and the
+ * engine lets go last. */
+struct call {
+    struct engine_req req;
+    pthread_mutex_t mu;
+    pthread_cond_t done_cv;
+    int done, err, refs;
+    unsigned char data[];
+};
+
+static void call_put(struct call *c)
+{
+    if (__atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL))
+        return;
+    pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->done_cv);
+    free(c);
+}
+
+static void call_complete(struct engine_req *r, int err)
+{
+    struct call *c = (struct call *)r;
+    if (err == ENGINE_RESTART)
+        return;
+    pthread_mutex_lock(&c->mu);
+    c->done = 1;
+    c->err = err;
+    pthread_cond_signal(&c->done_cv);
+    pthread_mutex_unlock(&c->mu);
+    call_put(c);
+}
+
+static void call_forget(struct engine_req *r)
+{
+    call_put((struct call *)r);
+}
+
+static int Engine_init(Engine *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {
+        "core", "queue_depth", "channels", "setup_us", "per_unit_us", "throughput_mbps",
+        "native_multi_du", "error_rate", "lost_rate", "busy_storm_every", "busy_storm_length",
+        "nomem_rate", "corrupt", "seed", NULL,
+    };
+    Core *core;
+    struct engine_options o;
+    int native_multi_du, corrupt;
+    unsigned long long seed;
+    if (self->engine) {
+        PyErr_SetString(PyExc_ValueError, "an Engine is made once");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!$IIdddpddIIdpK", kwlist, &CoreType, &core,
+                                     &o.queue_depth, &o.channels, &o.setup_us, &o.per_unit_us,
+                                     &o.throughput_mbps, &native_multi_du, &o.error_rate,
+                                     &o.lost_rate, &o.busy_storm_every, &o.busy_storm_length,
+                                     &o.nomem_rate, &corrupt, &seed))
+        return -1;
+    o.native_multi_du = native_multi_du;
+    o.corrupt = corrupt;
+    o.seed = seed;
+    struct core *c = usable(core);
+    if (!c)
+        return -1;
+    char error[128];
+    self->engine = engine_new(c, &o, error, sizeof error);
+    if (!self->engine) {
+        PyErr_SetString(PyExc_ValueError, error);
+        return -1;
+    }
+    return 0;
+}
+
+static struct engine *engine_of(Engine *self)
+{
+    if (!self->engine)
+        PyErr_SetString(PyExc_ValueError, "this engine is closed");
+    return self->engine;
+}
+
+/* crypt(encrypt, src, dst, first_iv_sector, data_unit_size, iv_step, timeout) */
+static PyObject *Engine_crypt(Engine *self, PyObject *args)
+{
+    int encrypt;
+    Py_buffer src, dst;
+    unsigned long long sector, step;
+    Py_ssize_t du;
+    double timeout;
+    if (!PyArg_ParseTuple(args, "py*w*KnKd", &encrypt, &src, &dst, &sector, &du, &step,
+                          &timeout))
+        return NULL;
+    const char *error = NULL;
+    if (du < 16 || du > 65536 || (du & (du - 1)))
+        error = "data_unit_size must be a power of two from 16 to 65536";
+    else if (src.len != dst.len || !src.len || src.len % du)
+        error = "src and dst must have equal lengths, a positive multiple of data_unit_size";
+    else if (!(timeout > 0))
+        error = "timeout must be positive";
+    struct engine *e = error ? NULL : engine_of(self);
+    struct call *c = e ? malloc(sizeof *c + 2 * (size_t)src.len) : NULL;
+    if (!c) {
+        if (error)
+            PyErr_SetString(PyExc_ValueError, error);
+        else if (e)
+            PyErr_NoMemory();
+        PyBuffer_Release(&src);
+        PyBuffer_Release(&dst);
+        return NULL;
+    }
+    memcpy(c->data, src.buf, (size_t)src.len);
+    c->req = (struct engine_req){
+        .encrypt = encrypt, .src = c->data, .dst = c->data + src.len, .len = (size_t)src.len,
+        .du = (size_t)du, .first_iv_sector = sector, .step = step,
+        .complete = call_complete, .forget = call_forget,
+    };
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&c->done_cv, &attr);
+    pthread_condattr_destroy(&attr);
+    c->done = 0;
+    c->err = 0;
+    c->refs = 2;                /* the caller's, the engine's */
+    int done, err;
+    Py_BEGIN_ALLOW_THREADS
+    engine_ref(e);
+    engine_submit(e, &c->req);
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    double end = (double)until.tv_sec + (double)until.tv_nsec / 1e9 + timeout;
+    until.tv_sec = (time_t)end;
+    until.tv_nsec = (long)((end - (double)until.tv_sec) * 1e9);
+    pthread_mutex_lock(&c->mu);
+    while (!c->done && pthread_cond_timedwait(&c->done_cv, &c->mu, &until) != ETIMEDOUT)
+        ;
+    done = c->done;
+    err = c->err;
+    pthread_mutex_unlock(&c->mu);
+    if (done && !err)
+        memcpy(dst.buf, c->req.dst, (size_t)src.len);
+    engine_unref(e);
+    Py_END_ALLOW_THREADS
+    call_put(c);
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    if (!done || err) {
+        int code = done ? -err : ETIMEDOUT;
+        PyObject *exc = PyObject_CallFunction(NativeError, "si",
+                                              done ? "the engine failed the request"
+                                                   : "the engine did not complete the request "
+                                                     "in time", code);
+        if (exc) {
+            PyErr_SetObject(NativeError, exc);
+            Py_DECREF(exc);
+        }
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static void engine_capsule_free(PyObject *capsule)
+{
+    struct engine_api *api = PyCapsule_GetPointer(capsule, ENGINE_CAPSULE_NAME);
+    if (!api) {
+        PyErr_Clear();
+        return;
+    }
+    engine_unref(api->engine);
+    free(api);
+}
+
+static PyObject *Engine_capsule(Engine *self, PyObject *unused)
+{
+    (void)unused;
+    struct engine *e = engine_of(self);
+    if (!e)
+        return NULL;
+    struct engine_api *api = malloc(sizeof *api);
+    if (!api)
+        return PyErr_NoMemory();
+    *api = (struct engine_api){
+        .version = ENGINE_API_VERSION, .engine = e, .ref = engine_ref, .unref = engine_unref,
+        .submit = engine_submit,
+    };
+    engine_ref(e);
+    PyObject *capsule = PyCapsule_New(api, ENGINE_CAPSULE_NAME, engine_capsule_free);
+    if (!capsule) {
+        engine_unref(e);
+        free(api);
+    }
+    return capsule;
+}
+
+static PyObject *Engine_statistics(Engine *self, PyObject *unused)
+{
+    (void)unused;
+    struct engine *e = engine_of(self);
+    if (!e)
+        return NULL;
+    struct engine_stats st;
+    engine_statistics(e, &st);
+    return Py_BuildValue(
+        "{sKsKsKsKsKsKsKsKsKsKsKsKsKsdsdsdsdsd}",
+        "requests", st.requests, "data_units", st.data_units, "bytes", st.bytes,
+        "errors", st.errors, "busy", st.busy, "backlog_high_water", st.backlog_high_water,
+        "completed", st.completed, "errors_injected", st.errors_injected, "lost", st.lost,
+        "nomem_injected", st.nomem_injected, "overruns", st.overruns,
+        "in_flight", st.in_flight, "backlog", st.backlog,
+        "engine_busy_s", st.engine_busy_s, "engine_compute_cpu_s", st.engine_compute_cpu_s,
+        "engine_wait_cpu_s", st.engine_wait_cpu_s, "latency_mean_us", st.latency_mean_us,
+        "latency_max_us", st.latency_max_us);
+}
+
+static PyObject *Engine_close(Engine *self, PyObject *unused)
+{
+    (void)unused;
+    struct engine *e = self->engine;
+    self->engine = NULL;
+    Py_BEGIN_ALLOW_THREADS
+    engine_unref(e);            /* the last reference joins the engine's threads */
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static void Engine_dealloc(Engine *self)
+{
+    Py_BEGIN_ALLOW_THREADS
+    engine_unref(self->engine);
+    Py_END_ALLOW_THREADS
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef Engine_methods[] = {
+    {"crypt", (PyCFunction)Engine_crypt, METH_VARARGS,
+     "crypt(encrypt, src, dst, first_iv_sector, data_unit_size, iv_step, timeout): one "
+     "request through the engine, waited for (see the module documentation)."},
+    {"capsule", (PyCFunction)Engine_capsule, METH_NOARGS,
+     "A PyCapsule \"" ENGINE_CAPSULE_NAME "\" holding this engine (with its own reference) and "
+     "its C functions, for the native plane (engine.h: struct engine_api)."},
+    {"statistics", (PyCFunction)Engine_statistics, METH_NOARGS,
+     "The engine's counters and timings, as a dict."},
+    {"close", (PyCFunction)Engine_close, METH_NOARGS,
+     "Drop this object's reference; the last one stops the engine."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject EngineType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "cryptfs.backends._native.Engine",
+    .tp_basicsize = sizeof(Engine),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A simulated asynchronous crypto engine over a Core (see the module doc).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Engine_init,
+    .tp_dealloc = (destructor)Engine_dealloc,
+    .tp_methods = Engine_methods,
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "cryptfs.backends._native",
@@ -241,7 +513,7 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__native(void)
 {
-    if (PyType_Ready(&CoreType) < 0)
+    if (PyType_Ready(&CoreType) < 0 || PyType_Ready(&EngineType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)
@@ -256,6 +528,7 @@ PyMODINIT_FUNC PyInit__native(void)
     Py_XDECREF(failure);
     if (!NativeError || PyModule_AddObjectRef(m, "NativeError", NativeError) < 0 ||
         PyModule_AddObjectRef(m, "Core", (PyObject *)&CoreType) < 0 ||
+        PyModule_AddObjectRef(m, "Engine", (PyObject *)&EngineType) < 0 ||
         PyModule_AddStringConstant(m, "openssl_version",
                                    OpenSSL_version(OPENSSL_VERSION)) < 0 ||
         PyModule_AddStringConstant(m, "CAPSULE_NAME", CORE_CAPSULE_NAME) < 0) {

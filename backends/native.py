@@ -40,5 +40,14 @@ def keyed_core(spec: CipherSpec, key: bytes | bytearray):
         raise CryptoFailure(f"{spec} refuses this key: {e}") from None
 
 
+def engine(core, **options):
+    """A running simulated engine (backends/engine.c) computing with ``core``; ``options``:
+    EngineOptions' fields.  CryptoFailure if the engine refuses them."""
+    try:
+        return _native.Engine(core, **options)
+    except ValueError as e:
+        raise CryptoFailure(f"engine: {e}") from None
+
+
 def openssl_version() -> str | None:
     return _native.openssl_version if _native else None

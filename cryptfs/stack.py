@@ -40,8 +40,14 @@ class Stack:
 
     def replace_backend(self, reason: str) -> None:
         """Serve on the software fallback from now on (the backend failed its self-test)."""
-        self.backend.close()
-        self.backend, self.refused = self.fallback, reason
+        self.use_backend(self.fallback)
+        self.refused = reason
+
+    def use_backend(self, backend: Backend) -> None:
+        """Serve on ``backend`` from now on (the current one is closed)."""
+        if self.backend is not self.fallback:
+            self.backend.close()
+        self.backend = backend
         self.device.converter = _converter(self.backend, self.fallback, self.volume,
                                            self.config, self.stats)
 

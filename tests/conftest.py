@@ -52,6 +52,16 @@ def interop_path(request) -> dict:
 
 
 @pytest.fixture
+def volume(tmp_path):
+    """A 32 MiB zeroed image, a raw 512-bit key file (helpers.VOLUME_KEY), a mountpoint."""
+    from helpers import VOLUME_KEY
+    image, key = tmp_path / "image", tmp_path / "key"
+    image.write_bytes(bytes(32 << 20))
+    key.write_bytes(VOLUME_KEY)
+    return image, key, tmp_path / "mnt"
+
+
+@pytest.fixture
 def small_tmpfs(tmp_path):
     """A 1 MiB tmpfs (a disk that fills up); skipped where mounting one is not allowed."""
     import subprocess

@@ -16,6 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PASSPHRASE = "correct horse battery staple"
 
 
+#: the key of conftest's ``volume`` fixture (a raw 512-bit plain-mode key)
+VOLUME_KEY = bytes(range(7, 71))
+
+
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
 
@@ -154,7 +158,8 @@ def open_plain(image: Path, key: bytes, *, cipher: str = "aes-xts-plain64", offs
                backend_options: dict | None = None, **settings):
     """An in-process device (no FUSE) over ``image`` in plain mode: a cryptfs Daemon whose
     ``.queue`` takes reads and writes as FUSE requests (``.device``: the synchronous device
-    below it).  ``settings`` are config keys of any section."""
+    below it) — the trio plane's path, unless ``plane`` says otherwise.  ``settings`` are
+    config keys of any section."""
     key_path = Path(image).with_suffix(".key")
     key_path.write_bytes(key)
     return _daemon(image, type="plain", key_file=str(key_path), cipher=cipher,
@@ -169,6 +174,7 @@ def _daemon(image: Path, backend: str, backend_options: dict | None = None, **se
     from cryptfs.stack import assemble
 
     config = Config()
+    settings.setdefault("plane", "trio")        # .queue is the trio plane's
     config.set("backend", "name", backend)
     if backend_options:
         config.backend.options[backend] = backend_options

@@ -15,6 +15,7 @@ import pytest
 
 from cryptfs.fuse.mounts import mount_type
 from helpers import (
+    VOLUME_KEY,
     cryptfs,
     luks_volume_key,
     mounted,
@@ -27,16 +28,7 @@ from helpers import (
 )
 
 pytestmark = needs_fuse
-KEY = bytes(range(7, 71))
-
-
-@pytest.fixture
-def volume(tmp_path):
-    """A 32 MiB zeroed image and a raw 512-bit key file."""
-    image, key = tmp_path / "image", tmp_path / "key"
-    image.write_bytes(bytes(32 << 20))
-    key.write_bytes(KEY)
-    return image, key, tmp_path / "mnt"
+KEY = VOLUME_KEY            # the volume fixture's (conftest)
 
 
 @pytest.fixture
@@ -94,7 +86,10 @@ PATHS = {
                                  "[backend]\nname = 'multidu'\n",
     "multidu-multi_du-offload": f"[pipeline]\nmode = 'multi_du'\n{OFFLOAD}"
                                 "[backend]\nname = 'multidu'\n",
-    "engine": "[backend]\nname = 'engine'\n[backend.engine]\nsetup_us = 5.0\n",
+    "engine-native": "[pipeline]\nplane = 'native'\n[backend]\nname = 'engine'\n"
+                     "[backend.engine]\nsetup_us = 5.0\n",
+    "engine-trio": "[pipeline]\nplane = 'trio'\n[backend]\nname = 'engine'\n"
+                   "[backend.engine]\nsetup_us = 5.0\n",
 }
 
 
@@ -275,10 +270,11 @@ async def test_passphrase_on_stdin_is_hashed_like_cryptsetup(volume):
 
 
 @needs("fio")
-def test_fio_verify_through_a_faulty_engine(volume):
+def test_fio_verify_through_a_faulty_engine(planes_volume, plane):
     """1 % completion errors, lost completions and BUSY storms: fio's crc32c verify still
-    passes, the counters show the retries, and it all ends in bounded time."""
-    image, key, mnt = volume
+    passes, the counters show the retries, and it all ends in bounded time — on both planes
+    (the engine's Python model, its C model)."""
+    image, key, mnt = planes_volume
     faults = ["backend.engine.error_rate=0.01", "backend.engine.lost_rate=0.002",
               "backend.engine.busy_storm_every=50", "backend.engine.busy_storm_length=10",
               "backend.engine.queue_depth=8", "backend.engine.seed=5",
@@ -295,12 +291,13 @@ def test_fio_verify_through_a_faulty_engine(volume):
             cwd=mnt.parent)
         assert result.returncode == 0, result.stderr + result.stdout[-2000:]
         s = status(mnt)
-    assert s["backend"] == "engine" and s["backend_refused"] is None
+    assert s["backend"] == "engine" and s["backend_refused"] is None and s["plane"] == plane
     engine, counters = s["backend_stats"], s["counters"]
     assert engine["errors_injected"] > 0 and engine["lost"] > 0 and engine["busy"] > 0
     assert counters["retries"] >= engine["errors_injected"]
     assert counters["timeouts"] >= 1
-    assert "p99_us" in engine and engine["in_flight"] == 0
+    assert engine["in_flight"] == 0
+    assert ("p99_us" if plane == "trio" else "latency_mean_us") in engine
 
 
 @needs("fio")
@@ -331,11 +328,13 @@ def test_close_while_fio_runs_neither_hangs_nor_loses_writes(planes_volume):
         assert check.returncode == 0, check.stderr + check.stdout[-2000:]
 
 
+@pytest.mark.parametrize("backend", ["multidu", "engine"])
 @pytest.mark.parametrize("mode", ["per_sector", "multi_du"])
 @pytest.mark.parametrize("sector_size", [512, 4096])
-def test_both_planes_write_the_same_ciphertext(tmp_path, mode, sector_size):
+def test_both_planes_write_the_same_ciphertext(tmp_path, mode, sector_size, backend):
     """The same random unaligned writes through each plane's mount leave byte-identical
-    images, and each reads back what a bytearray model holds."""
+    images, and each reads back what a bytearray model holds (the engine: its Python model
+    on the trio plane, its C model on the native one)."""
     from cryptfs.fuse import native
     if native.UNAVAILABLE:
         pytest.skip(native.UNAVAILABLE)
@@ -350,8 +349,8 @@ def test_both_planes_write_the_same_ciphertext(tmp_path, mode, sector_size):
         image.write_bytes(bytes(4 << 20))
         with mounted(image, mnt, "--type", "plain", "--key-file", key, "--sector-size",
                      str(sector_size), "--set", f"pipeline.plane='{plane}'", "--set",
-                     f"pipeline.mode='{mode}'"):
-            assert status(mnt)["plane"] == plane
+                     f"pipeline.mode='{mode}'", "--backend", backend):
+            assert (status(mnt)["plane"], status(mnt)["backend"]) == (plane, backend)
             fd = os.open(mnt / "device", os.O_RDWR)
             try:
                 model = bytearray(os.pread(fd, 4 << 20, 0))    # zeros decrypted, at first

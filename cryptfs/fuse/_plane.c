@@ -13,7 +13,8 @@
  *
  * Session(mountpoint, fuse_options, image_fd, payload_offset, size, sector_size, iv_step,
  *         iv_offset, core_capsule, multi_du, read_only, allow_discards, uid, gid, mtime_ns,
- *         threads, max_background, congestion_threshold, split_bytes, crypto_threads, stats)
+ *         threads, max_background, congestion_threshold, split_bytes, crypto_threads, stats,
+ *         engine_capsule=None, completion_timeout=30.0)
  *     Creates the session and mounts it.  fuse_options: libfuse's arguments, e.g. ["-o",
  *     "fsname=cryptfs,subtype=cryptfs,default_permissions,allow_other,ro"].  image_fd: the
  *     open image (kept open by the caller until close()); the device is `size` bytes (a
@@ -25,7 +26,10 @@
  *     uid, gid, mtime_ns: the device file's owner and time.  threads: FUSE worker threads at
  *     most (0: one per CPU); max_background, congestion_threshold: the kernel's (0: its
  *     default).  stats: a callable returning bytes, called (with the GIL) each time the stats
- *     file is opened.  ValueError for a bad argument, OSError if the image or mountpoint is
+ *     file is opened.  engine_capsule: Engine.capsule() of a running simulated engine
+ *     (backends/engine.h): READ and WRITE then go through it asynchronously (offload.h), the
+ *     core being the fallback for what the engine fails or does not complete within
+ *     completion_timeout seconds.  ValueError for a bad argument, OSError if the image or mountpoint is
  *     unusable, RuntimeError if libfuse refuses the options or cannot mount (or WAKE_SIGNAL,
  *     below, has someone else's handler).  Make it in the process that serves it: after any
  *     fork.
@@ -83,6 +87,9 @@
 #include <unistd.h>
 
 #include "core.h"
+#include "device_io.h"
+#include "engine.h"
+#include "offload.h"
 
 #define DEVICE_INO (FUSE_ROOT_ID + 1)
 #define STATS_INO (FUSE_ROOT_ID + 2)
@@ -103,50 +110,6 @@ static const char *const COUNTER_NAMES[N_COUNTERS] = {
     "reads", "bytes_read", "writes", "bytes_written", "rmw", "flushes", "discards",
     "bytes_discarded", "errors", "crypto_requests", "data_units",
 };
-
-/* --- a range lock: overlapping ranges wait, disjoint ones run in parallel ---------------- */
-
-struct range {
-    uint64_t a, b;
-    struct range *next;
-};
-
-struct rangelock {
-    pthread_mutex_t mu;
-    pthread_cond_t freed;
-    struct range *held;
-    int waiting;            /* only then is a release announced */
-};
-
-static void range_hold(struct rangelock *l, struct range *r)
-{
-    pthread_mutex_lock(&l->mu);
-    for (;;) {
-        struct range *h = l->held;
-        while (h && !(h->a < r->b && r->a < h->b))
-            h = h->next;
-        if (!h)
-            break;
-        l->waiting++;
-        pthread_cond_wait(&l->freed, &l->mu);
-        l->waiting--;
-    }
-    r->next = l->held;
-    l->held = r;
-    pthread_mutex_unlock(&l->mu);
-}
-
-static void range_release(struct rangelock *l, struct range *r)
-{
-    pthread_mutex_lock(&l->mu);
-    struct range **at = &l->held;
-    while (*at != r)
-        at = &(*at)->next;
-    *at = r->next;
-    if (l->waiting)
-        pthread_cond_broadcast(&l->freed);
-    pthread_mutex_unlock(&l->mu);
-}
 
 /* --- the plane ------------------------------------------------------------------------- */
 
@@ -178,6 +141,7 @@ struct plane {
     struct timespec mtime;
     struct core_api api;            /* api.core: this plane's reference */
     int have_core;
+    struct offload *offload;        /* READ and WRITE through an engine (or NULL) */
     struct rangelock locks;
     PyObject *stats;
     /* the session */
@@ -253,36 +217,6 @@ static unsigned char *grow(unsigned char **buf, size_t *cap, size_t need)
 
 /* --- the device: bytes, whole data units, the image ------------------------------------ */
 /* Every function here returns 0 or a (positive) errno, which reply_error sends. */
-
-static int pread_all(int fd, unsigned char *buf, size_t len, uint64_t at)
-{
-    while (len) {
-        ssize_t n = pread(fd, buf, len, (off_t)at);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return errno;
-        if (n == 0)
-            return EIO;     /* the image ended: zeros would decrypt to garbage */
-        buf += n, len -= (size_t)n, at += (uint64_t)n;
-    }
-    return 0;
-}
-
-static int pwrite_all(int fd, const unsigned char *buf, size_t len, uint64_t at)
-{
-    while (len) {
-        ssize_t n = pwrite(fd, buf, len, (off_t)at);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return errno;   /* ENOSPC of a full disk reaches the writer as ENOSPC */
-        if (n == 0)
-            return EIO;
-        buf += n, len -= (size_t)n, at += (uint64_t)n;
-    }
-    return 0;
-}
 
 /* Encrypt or decrypt the whole data units at device byte `a`, src into dst: one core call for
  * the bio (multi_du) or one per unit (per_sector, the per-request cost at C scale).  Any
@@ -686,6 +620,11 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     struct worker *w = worker_of(p);
     const unsigned char *out = NULL;
     size_t n = 0;
+    if (p->offload && w && ino == DEVICE_INO && off >= 0 && (uint64_t)off < p->size && size) {
+        uint64_t end = (uint64_t)off + size < p->size ? (uint64_t)off + size : p->size;
+        offload_read(p->offload, req, (uint64_t)off, end);
+        return;
+    }
     int err = !w ? ENOMEM : ino != DEVICE_INO ? EISDIR : off < 0 ? EINVAL
             : device_read(p, w, (uint64_t)off, size, &out, &n);
     if (err)
@@ -701,6 +640,12 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
     struct plane *p = plane_of(req);
     struct worker *w = worker_of(p);
     size_t written = 0;
+    if (p->offload && w && ino == DEVICE_INO && off >= 0 && !p->read_only &&
+        (uint64_t)off < p->size && size) {
+        uint64_t end = (uint64_t)off + size < p->size ? (uint64_t)off + size : p->size;
+        offload_write(p->offload, req, (uint64_t)off, end, (const unsigned char *)buf);
+        return;
+    }
     int err = !w ? ENOMEM : ino != DEVICE_INO ? EBADF : off < 0 ? EINVAL
             : device_write(p, w, (uint64_t)off, (const unsigned char *)buf, size, &written);
     if (err)
@@ -796,6 +741,7 @@ static int install_wake_handler(void)
 /* Everything the plane holds; with the GIL (stats), never while run() runs. */
 static void plane_free(struct plane *p)
 {
+    offload_free(p->offload);       /* drained: before the session and the core it uses */
     if (p->se) {
         fuse_session_unmount(p->se);        /* nothing if run() already did */
         fuse_session_destroy(p->se);
@@ -880,6 +826,8 @@ static int plane_run(struct plane *p, int *sync_err)
         }
     }
     set_state(p, FINISHING);
+    if (p->offload)
+        offload_drain(p->offload);  /* answers still owed come from the engine's threads */
     fuse_session_unmount(p->se);    /* lazily, if exit() (not an unmount) ended the loop */
     *sync_err = !p->read_only && fsync(p->fd) ? errno : 0;
     pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
@@ -920,9 +868,10 @@ static int Session_init(Session *self, PyObject *args, PyObject *kwds)
         "mountpoint", "fuse_options", "image_fd", "payload_offset", "size", "sector_size",
         "iv_step", "iv_offset", "core_capsule", "multi_du", "read_only", "allow_discards",
         "uid", "gid", "mtime_ns", "threads", "max_background", "congestion_threshold",
-        "split_bytes", "crypto_threads", "stats", NULL,
+        "split_bytes", "crypto_threads", "stats", "engine_capsule", "completion_timeout", NULL,
     };
-    PyObject *mountpoint = NULL, *options, *capsule, *stats;
+    PyObject *mountpoint = NULL, *options, *capsule, *stats, *engine_capsule = Py_None;
+    double timeout = 30.0;
     int fd, sector_size, multi_du, read_only, allow_discards, threads, max_bg, congestion,
         crypto_threads;
     unsigned long long payload, size, iv_step, iv_base;
@@ -933,12 +882,13 @@ static int Session_init(Session *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_RuntimeError, "a Session is made once");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&OiKKiKKOpppIILiiiniO", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&OiKKiKKOpppIILiiiniO|Od", kwlist,
                                      PyUnicode_FSConverter, &mountpoint, &options, &fd,
                                      &payload, &size, &sector_size, &iv_step, &iv_base,
                                      &capsule, &multi_du, &read_only, &allow_discards, &uid,
                                      &gid, &mtime_ns, &threads, &max_bg, &congestion,
-                                     &split_bytes, &crypto_threads, &stats))
+                                     &split_bytes, &crypto_threads, &stats, &engine_capsule,
+                                     &timeout))
         return -1;
     const char *path = PyBytes_AS_STRING(mountpoint);
     const char *bad = NULL;
@@ -955,6 +905,8 @@ static int Session_init(Session *self, PyObject *args, PyObject *kwds)
               "negative (the kernel's at most 65535), crypto_threads at least 1";
     else if (!PyCallable_Check(stats))
         bad = "stats must be callable";
+    else if (!(timeout > 0 && timeout <= 86400))
+        bad = "completion_timeout must be from 0 to 86400 seconds";
     if (bad) {
         PyErr_SetString(PyExc_ValueError, bad);
         Py_DECREF(mountpoint);
@@ -967,6 +919,17 @@ static int Session_init(Session *self, PyObject *args, PyObject *kwds)
                          api->version, CORE_API_VERSION);
         Py_DECREF(mountpoint);
         return -1;
+    }
+    const struct engine_api *engine = NULL;
+    if (engine_capsule != Py_None) {
+        engine = PyCapsule_GetPointer(engine_capsule, ENGINE_CAPSULE_NAME);
+        if (!engine || engine->version != ENGINE_API_VERSION) {
+            if (engine)
+                PyErr_Format(PyExc_ValueError, "engine capsule version %u, this plane needs %u",
+                             engine->version, ENGINE_API_VERSION);
+            Py_DECREF(mountpoint);
+            return -1;
+        }
     }
     struct stat st;
     if (fstat(fd, &st)) {
@@ -1031,6 +994,17 @@ static int Session_init(Session *self, PyObject *args, PyObject *kwds)
         return -1;
     }
     p->have_key = 1;
+    if (engine) {
+        struct offload_device dev = {
+            .fd = fd, .payload = payload, .ss = p->ss, .iv_step = iv_step, .iv_base = iv_base,
+            .multi_du = multi_du, .core = &p->api, .locks = &p->locks,
+        };
+        if (!(p->offload = offload_new(&dev, engine, timeout))) {
+            plane_free(p);
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+    }
 
     struct fuse_args fargs = FUSE_ARGS_INIT(0, NULL);
     if (fuse_argv(options, &fargs)) {
@@ -1120,6 +1094,29 @@ static PyObject *Session_exit(Session *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* Add n named counters into dict d (names may repeat): 0, or -1 with an exception. */
+static int add_counters(PyObject *d, const char *const *names, const uint64_t *values, int n)
+{
+    for (int c = 0; c < n; c++) {
+        PyObject *old = PyDict_GetItemString(d, names[c]);
+        unsigned long long sum = values[c] + (old ? PyLong_AsUnsignedLongLong(old) : 0);
+        PyObject *v = PyLong_FromUnsignedLongLong(sum);
+        if (!v || PyDict_SetItemString(d, names[c], v)) {
+            Py_XDECREF(v);
+            return -1;
+        }
+        Py_DECREF(v);
+    }
+    return 0;
+}
+
+static int offload_counts(PyObject *d, struct offload *o)
+{
+    uint64_t values[OFF_N_COUNTERS];
+    offload_counters(o, values);
+    return add_counters(d, OFFLOAD_COUNTER_NAMES, values, OFF_N_COUNTERS);
+}
+
 static PyObject *Session_counters(Session *self, PyObject *unused)
 {
     (void)unused;
@@ -1133,15 +1130,9 @@ static PyObject *Session_counters(Session *self, PyObject *unused)
             total[c] += __atomic_load_n(&w->count[c], __ATOMIC_RELAXED);
     pthread_mutex_unlock(&p->mu);
     PyObject *d = PyDict_New();
-    for (int c = 0; d && c < N_COUNTERS; c++) {
-        PyObject *v = PyLong_FromUnsignedLongLong(total[c]);
-        if (!v || PyDict_SetItemString(d, COUNTER_NAMES[c], v)) {
-            Py_XDECREF(v);
-            Py_CLEAR(d);
-            break;
-        }
-        Py_DECREF(v);
-    }
+    if (d && (add_counters(d, COUNTER_NAMES, total, N_COUNTERS) ||
+              (p->offload && offload_counts(d, p->offload))))
+        Py_CLEAR(d);
     return d;
 }
 

@@ -38,6 +38,9 @@ class Daemon:
         self.discard_available = False
         self.log_file: str | None = None        # where a detached daemon logs (for status)
         self.plane, self.plane_reason = native.choose(stack)
+        if self.plane == "native":
+            native.prepare(stack)
+            self.plane, self.plane_reason = native.choose(stack)   # software if refused
         self.session = None                     # the native plane's, while it serves
 
     async def start(self, nursery: trio.Nursery) -> None:

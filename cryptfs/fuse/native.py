@@ -6,9 +6,11 @@ passphrase (:func:`check_requested`), hands the C side the image, the geometry a
 native core, answers ``stats`` and owns the daemon's life (:func:`serve`): signals, flush,
 unmount, the key wiped on close.  READ, WRITE, FLUSH, FSYNC and FALLOCATE never enter Python.
 
-It serves where the backend has a C implementation (``multidu`` on its native core) and the
-requests run inline — the placement the C workers are.  Offloaded placements, asynchronous
-and Python backends, and fault injection stay on the trio plane, the model.
+It serves where the backend has a C implementation — ``multidu`` on its native core, inline
+in the C workers; ``engine`` as the simulated engine in C (backends/engine.c), which the
+workers submit to asynchronously (cryptfs/fuse/offload.c) — and the requests are not sent to
+crypto workers.  Offloaded placements, the software backend and the converter's fault
+injection stay on the trio plane, the model.
 """
 
 import json
@@ -19,6 +21,9 @@ from typing import Callable
 
 import trio
 
+from cryptfs.backends.base import Unavailable
+from cryptfs.backends.engine_native import NativeEngine
+from cryptfs.core import selftest
 from cryptfs.core.config import Config, PipelineSection
 from cryptfs.errors import ConfigError
 
@@ -32,7 +37,7 @@ else:
 
 log = logging.getLogger(__name__)
 #: backends that have a C implementation the plane calls
-NATIVE_BACKENDS = ("multidu",)
+NATIVE_BACKENDS = ("multidu", "engine")
 
 
 def _config_reason(config: Config) -> str | None:
@@ -79,6 +84,29 @@ def choose(stack) -> tuple[str, str]:
     return "trio", f"auto: {reason}"
 
 
+def prepare(stack) -> None:
+    """Before a native session: the C implementation of the stack's backend where it is not
+    the one assembled — the engine's C model replaces its trio model — self-tested as every
+    backend is; one that fails or cannot run is logged and replaced by software (the plane
+    must then be chosen again)."""
+    if stack.backend.name != "engine" or isinstance(stack.backend, NativeEngine):
+        return
+    v, pipeline = stack.volume, stack.config.pipeline
+    try:
+        engine = NativeEngine(v.spec, v.key.buffer, stack.backend.options,
+                              timeout=pipeline.completion_timeout)
+    except Unavailable as e:
+        stack.replace_backend(f"engine is unavailable on the native plane: {e}")
+        return
+    stack.use_backend(engine)
+    problem = selftest.check(engine, v.spec, v.key.buffer, v.geometry, pipeline.mode)
+    engine.stop()       # the daemon may fork: the session starts a fresh one where it serves
+    if problem:
+        log.warning("backend engine failed its self-test (%s): using software instead",
+                    problem)
+        stack.replace_backend(f"engine failed its self-test: {problem}")
+
+
 def mount_options(config: Config) -> list[str]:
     """The mount options of a device, whichever plane serves it (default_permissions: the
     kernel checks modes)."""
@@ -103,7 +131,9 @@ def open_session(daemon, mountpoint: str):
         g.size, g.sector_size, g.iv_step, g.iv_base, s.backend.core.capsule(),
         s.converter.multi_du, s.device.read_only, s.device.allow_discards, os.getuid(),
         os.getgid(), os.fstat(s.image.fd).st_mtime_ns, p.fuse_threads, p.max_background,
-        p.max_background * 3 // 4, s.backend.split_bytes, s.backend.threads, stats)
+        p.max_background * 3 // 4, s.backend.split_bytes, s.backend.threads, stats,
+        s.backend.capsule() if isinstance(s.backend, NativeEngine) else None,
+        p.completion_timeout)
 
 
 async def serve(daemon, mountpoint: str, ready: Callable[[], None]) -> None:
