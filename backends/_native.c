@@ -37,6 +37,7 @@
 #include <Python.h>
 
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
@@ -503,12 +504,29 @@ static PyTypeObject EngineType = {
     .tp_methods = Engine_methods,
 };
 
+/* has_digest(name): whether the core's OpenSSL has the digest ESSIV would name. */
+static PyObject *has_digest(PyObject *module, PyObject *arg)
+{
+    (void)module;
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name)
+        return NULL;
+    return PyBool_FromLong(EVP_get_digestbyname(name) != NULL);
+}
+
+static PyMethodDef module_methods[] = {
+    {"has_digest", has_digest, METH_O,
+     "has_digest(name): whether the core can hash with `name` (ESSIV's hash)."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "cryptfs.backends._native",
     .m_doc = "The native multi data unit core: whole bios through OpenSSL, IVs derived per "
              "unit, the GIL released.",
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC PyInit__native(void)

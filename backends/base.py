@@ -13,8 +13,9 @@ A synchronous failure is raised as :class:`CryptoFailure`; an asynchronous one i
 with a negative errno.  Either way the request's ``dst`` must not be trusted.
 
 A request covers ``n_units = len(src) // data_unit_size`` data units.  The IV of unit ``i`` is
-``iv`` read as a 128-bit counter plus ``i * iv_step`` (little-endian for the ``plain``/``plain64``
-IV modes, big-endian for ``plain64be``); :func:`split_units` does that derivation for backends
+``iv`` read as a counter of its own width (128 bits; 64 for the 64-bit block ciphers, whose IV
+is one 8-byte block) plus ``i * iv_step`` (little-endian for the ``plain``/``plain64`` IV
+modes, big-endian for ``plain64be``); :func:`split_units` does that derivation for backends
 that have no native multi data unit support (the crypto core's auto-splitter).
 """
 
@@ -26,7 +27,6 @@ from typing import Callable, Iterator, Protocol
 
 #: What a callback receives when its request leaves the backlog (the kernel's -EINPROGRESS).
 RESTART = -errno.EINPROGRESS
-_MASK128 = (1 << 128) - 1
 
 
 class Op(enum.Enum):
@@ -107,9 +107,10 @@ def split_units(req: CryptoRequest,
         return
     if byteorder is None:
         raise CryptoFailure("multi data unit request for an IV mode that is not a counter")
-    base = int.from_bytes(req.iv, byteorder)
+    base, width = int.from_bytes(req.iv, byteorder), len(req.iv)
+    mask = (1 << 8 * width) - 1
     for i in range(req.n_units):
-        iv = ((base + i * req.iv_step) & _MASK128).to_bytes(16, byteorder)
+        iv = ((base + i * req.iv_step) & mask).to_bytes(width, byteorder)
         yield iv, req.src[i * du:(i + 1) * du], req.dst[i * du:(i + 1) * du]
 
 

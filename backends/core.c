@@ -12,11 +12,19 @@
  * (chains adiantum12 and adiantum20) is adiantum.c, the whole unit one wide block, its 32-byte
  * tweak the unit's IV zero-padded as dm-crypt pads it.
  *
- * Serpent, Twofish and Camellia (chains "serpent-xts", "twofish-cbc", ...) are libgcrypt's:
- * cryptsetup's other crypto backend, with every one of them and XTS for any 128-bit block
- * cipher, where OpenSSL 3 has no serpent or twofish and no XTS for camellia.  A libgcrypt
- * handle cannot be copied, so the core keeps the key (cleansed when the core goes) to key one
- * handle set per thread; ESSIV's IV cipher is then the data cipher in ECB keyed with the hash.
+ * Serpent, Twofish, Camellia, CAST5 and Blowfish (chains "serpent-xts", "cast5-cbc", ...)
+ * are libgcrypt's: cryptsetup's other crypto backend, with every one of them and XTS for any
+ * 128-bit block cipher, where OpenSSL 3 has no serpent or twofish, no XTS for camellia and
+ * CAST5 and Blowfish only in its legacy provider.  A libgcrypt handle cannot be copied, so the
+ * core keeps the key (cleansed when the core goes) to key one handle set per thread; ESSIV's
+ * IV cipher is then the data cipher in ECB keyed with the hash.  A 64-bit block cipher's IV is
+ * 8 bytes, as dm-crypt's iv_size is the block size.
+ *
+ * LRW (chains "lrw", "serpent-lrw", ...) is the kernel's lrw template, which no library has:
+ * the data cipher in ECB between two XORs with T = I * K2 in GF(2^128) (I the unit's IV read
+ * big-endian, counting its blocks; K2 the key's last 16 bytes), computed here from tables
+ * built at keying, as the kernel's crypto/lrw.c does; cryptfs/crypto/lrw.py is the per-unit
+ * reference, and both are proven on the kernel's vectors.
  */
 #include "core.h"
 #include "adiantum.h"
@@ -35,10 +43,23 @@ typedef unsigned __int128 u128;
 enum ivmode { IV_PLAIN, IV_PLAIN64, IV_PLAIN64BE, IV_ESSIV, IV_BENBI, IV_NULL };
 static const char *const IVMODE_NAMES[] = {"plain", "plain64", "plain64be", "essiv", "benbi",
                                            "null", NULL};
+/* A block cipher's chain mode (AES through OpenSSL, the others through libgcrypt). */
+enum mode { MODE_XTS, MODE_CBC, MODE_ECB, MODE_LRW };
+static const char *const MODE_NAMES[] = {"xts", "cbc", "ecb", "lrw", NULL};
 /* IVs are derived (and ESSIV-encrypted) this many units at a time. */
 #define IV_BATCH 64
-/* benbi counts 16-byte cipher blocks from 1: shift = 9 - log2(16) (dm-crypt). */
-#define BENBI_SHIFT 5
+/* benbi counts the cipher's blocks from 1: shift = SECTOR_SHIFT - log2(block size) (dm-crypt). */
+#define SECTOR_SHIFT 9
+/* LRW: the tweak key's size, and how many blocks are whitened per ECB call. */
+#define LRW_TWEAK_KEY 16
+#define LRW_CHUNK 64
+
+/* LRW's tables for one tweak key K2 (the kernel's mulinc): power[i] = K2 * x^i, to multiply
+ * a unit's first index; step[i] = K2 * (2^(i+1) - 1), what T changes by when the index's i
+ * lowest bits are ones (incrementing flips i + 1 bits). */
+struct lrw_table {
+    u128 power[128], step[128];
+};
 
 /* One thread's contexts: the data cipher both ways, and ESSIV's IV cipher. */
 typedef struct ctxset {
@@ -53,11 +74,14 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 
 struct core {
     int ivmode;
+    int mode;               /* block ciphers: enum mode */
+    int iv_size;            /* bytes of a unit's IV: the block size (8 or 16) */
     int null;               /* cipher_null: no contexts at all */
+    struct lrw_table *lrw;  /* LRW: read-only once keyed, shared by threads */
     struct adiantum_ctx *adiantum;  /* Adiantum: read-only once keyed, shared by threads */
     int galgo, gmode;       /* libgcrypt cipher: algorithm and mode, 0 for OpenSSL's */
     int gessiv_algo;        /* its ESSIV cipher (ECB), 0 without ESSIV */
-    unsigned char *gkey;    /* the key (volume key, then ESSIV's salt) to key more handles */
+    unsigned char *gkey;    /* the cipher's key, then ESSIV's salt, to key more handles */
     size_t gkeylen, gsaltlen;
     ctxset *keyed;          /* the template every other context set is copied from */
     ctxset *idle;           /* context sets not in use */
@@ -100,18 +124,34 @@ fail:
     return NULL;
 }
 
+/* A libgcrypt handle keyed with key; NULL if libgcrypt refuses.  libgcrypt calls a Blowfish
+ * key whose S-boxes repeat an entry weak and leaves it unset; the kernel takes it (about one
+ * key in 30000), so the core allows weak keys. */
+static gcry_cipher_hd_t gcrypt_handle(int algo, int mode, const unsigned char *key, size_t len)
+{
+    gcry_cipher_hd_t h;
+    if (gcry_cipher_open(&h, algo, mode, 0))
+        return NULL;
+    gcry_cipher_ctl(h, GCRYCTL_SET_ALLOW_WEAK_KEY, NULL, 1);
+    gcry_error_t e = gcry_cipher_setkey(h, key, len);
+    if (e && gcry_err_code(e) != GPG_ERR_WEAK_KEY) {
+        gcry_cipher_close(h);
+        return NULL;
+    }
+    return h;
+}
+
 /* A libgcrypt handle set keyed from the core's key copy; NULL if libgcrypt fails. */
 static ctxset *gset_new(const struct core *core)
 {
     ctxset *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
-    if (gcry_cipher_open(&s->g, core->galgo, core->gmode, 0) ||
-        gcry_cipher_setkey(s->g, core->gkey, core->gkeylen))
+    if (!(s->g = gcrypt_handle(core->galgo, core->gmode, core->gkey, core->gkeylen)))
         goto fail;
     if (core->gessiv_algo &&
-        (gcry_cipher_open(&s->gessiv, core->gessiv_algo, GCRY_CIPHER_MODE_ECB, 0) ||
-         gcry_cipher_setkey(s->gessiv, core->gkey + core->gkeylen, core->gsaltlen)))
+        !(s->gessiv = gcrypt_handle(core->gessiv_algo, GCRY_CIPHER_MODE_ECB,
+                                    core->gkey + core->gkeylen, core->gsaltlen)))
         goto fail;
     return s;
 fail:
@@ -203,39 +243,45 @@ static void sector_iv(int ivmode, uint64_t sector, unsigned char iv[16])
     }
 }
 
-/* The IVs of `n` units from counter `c`, stepping by `step`, into out[n][16]. */
-static int derive_ivs(int ivmode, EVP_CIPHER_CTX *essiv, u128 c, u128 step, size_t n,
+/* The IVs of `n` units from counter `c`, stepping by `step`, into out[n][16]: the first
+ * core->iv_size bytes of each, as dm-crypt fills its iv_size bytes.  ESSIV's are encrypted by
+ * s's IV cipher (s is NULL where the core has none).  0 if that fails. */
+static int derive_ivs(const struct core *core, const ctxset *s, u128 c, u128 step, size_t n,
                       unsigned char (*out)[16])
 {
+    int size = core->iv_size;
+    int benbi_shift = SECTOR_SHIFT - (size == 8 ? 3 : 4);
     memset(out, 0, n * 16);
     for (size_t i = 0; i < n; i++, c += step) {
-        switch (ivmode) {
+        switch (core->ivmode) {
         case IV_PLAIN:
             store_le(out[i], (uint32_t)c, 4);
             break;
         case IV_PLAIN64:
-            store_le(out[i], c, 16);
+            store_le(out[i], c, size);
             break;
         case IV_PLAIN64BE:
-            store_be(out[i], c, 16);
+            store_be(out[i], c, size);
             break;
         case IV_ESSIV:
             store_le(out[i], (uint64_t)c, 8);
             break;
         case IV_BENBI:
-            store_be(out[i] + 8, (uint64_t)(((uint64_t)c << BENBI_SHIFT) + 1), 8);
+            store_be(out[i] + size - 8, (uint64_t)(((uint64_t)c << benbi_shift) + 1), 8);
             break;
         default:        /* null */
             break;
         }
     }
-    if (ivmode == IV_ESSIV && essiv) {
-        int len;
-        if (!EVP_CipherUpdate(essiv, out[0], &len, out[0], (int)(n * 16)) ||
-            len != (int)(n * 16))
-            return 0;
-    }
-    return 1;
+    if (core->ivmode != IV_ESSIV || !s)
+        return 1;
+    /* ECB over every 16-byte slot: an 8-byte block cipher also encrypts the zero half,
+     * which its IV does not use */
+    if (s->gessiv)
+        return !gcry_cipher_encrypt(s->gessiv, out[0], n * 16, NULL, 0);
+    int len;
+    return EVP_CipherUpdate(s->essiv, out[0], &len, out[0], (int)(n * 16)) &&
+           len == (int)(n * 16);
 }
 
 /* --- the loop ---------------------------------------------------------------------------- */
@@ -263,7 +309,7 @@ static void run_adiantum(piece *p, unsigned char (*ivs)[16])
     p->err = 0;
     for (size_t first = 0; first < p->units && !p->err; first += IV_BATCH) {
         size_t n = p->units - first < IV_BATCH ? p->units - first : IV_BATCH;
-        derive_ivs(p->core->ivmode, NULL, c, p->step, n, ivs);   /* no ESSIV: cannot fail */
+        derive_ivs(p->core, NULL, c, p->step, n, ivs);   /* no ESSIV: cannot fail */
         c += p->step * n;
         for (size_t i = 0; i < n; i++) {
             size_t at = (first + i) * p->du;
@@ -279,28 +325,103 @@ static void run_adiantum(piece *p, unsigned char (*ivs)[16])
     OPENSSL_cleanse(tweak, sizeof tweak);
 }
 
-/* libgcrypt's units: re-IV the one handle per unit (ESSIV: the batch's IVs encrypted in
- * place by the ECB handle first).  p->err is 0 or EIO. */
-static void run_gcrypt(piece *p, ctxset *s, unsigned char (*ivs)[16])
+/* Convert n bytes of in into out (may be in) through s's data cipher (OpenSSL's or
+ * libgcrypt's), first re-IVed with iv unless iv is NULL (ECB).  0, or -1 if the library
+ * failed. */
+static int cipher_run(const struct core *core, ctxset *s, int encrypt, const unsigned char *iv,
+                      const unsigned char *in, unsigned char *out, size_t n)
 {
+    if (core->galgo) {
+        if (iv && gcry_cipher_setiv(s->g, iv, (size_t)core->iv_size))
+            return -1;
+        const unsigned char *from = in == out ? NULL : in;
+        size_t from_len = in == out ? 0 : n;
+        return (encrypt ? gcry_cipher_encrypt(s->g, out, n, from, from_len)
+                        : gcry_cipher_decrypt(s->g, out, n, from, from_len)) ? -1 : 0;
+    }
+    EVP_CIPHER_CTX *ctx = encrypt ? s->enc : s->dec;
+    int len;
+    if (iv && !EVP_CipherInit_ex(ctx, NULL, NULL, NULL, iv, -1))
+        return -1;
+    return EVP_CipherUpdate(ctx, out, &len, in, (int)n) && len == (int)n ? 0 : -1;
+}
+
+/* The host word holding the big-endian bytes of v's 64 bits. */
+static inline uint64_t be64(uint64_t v)
+{
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return __builtin_bswap64(v);
+#else
+    return v;
+#endif
+}
+
+/* dst = src ^ the 16 big-endian bytes of t (dst may be src). */
+static inline void xor_be128(unsigned char *dst, const unsigned char *src, u128 t)
+{
+    uint64_t w[2];
+    memcpy(w, src, 16);
+    w[0] ^= be64((uint64_t)(t >> 64));
+    w[1] ^= be64((uint64_t)t);
+    memcpy(dst, w, 16);
+}
+
+/* The number of ones at the bottom of v: the bits that incrementing v flips, less one; 127
+ * when v is all ones (it wraps to 0 and all 128 flip), as the kernel's lrw_next_index. */
+static int trailing_ones(u128 v)
+{
+    uint64_t lo = ~(uint64_t)v, hi = ~(uint64_t)(v >> 64);
+    return lo ? __builtin_ctzll(lo) : hi ? 64 + __builtin_ctzll(hi) : 127;
+}
+
+/* One LRW unit: block j is E(P ^ T) ^ T with T = (I + j) * K2, I the IV read big-endian;
+ * the whitened blocks go through the data cipher in ECB LRW_CHUNK at a time.  0 or -1. */
+static int lrw_unit(const struct core *core, ctxset *s, int encrypt, const unsigned char *iv,
+                    const unsigned char *in, unsigned char *out, size_t du)
+{
+    const struct lrw_table *tab = core->lrw;
+    u128 index = load_be(iv, 16), t = 0, tweaks[LRW_CHUNK];
+    int failed = 0;
+    for (int half = 0; half < 2; half++)      /* T = I * K2: K2 * x^i for each bit i of I */
+        for (uint64_t bits = (uint64_t)(index >> (64 * half)); bits; bits &= bits - 1)
+            t ^= tab->power[64 * half + __builtin_ctzll(bits)];
+    for (size_t at = 0; at < du && !failed; at += LRW_CHUNK * 16) {
+        size_t n = (du - at) / 16 < LRW_CHUNK ? (du - at) / 16 : LRW_CHUNK;
+        for (size_t j = 0; j < n; j++) {
+            tweaks[j] = t;
+            xor_be128(out + at + 16 * j, in + at + 16 * j, t);
+            t ^= tab->step[trailing_ones(index++)];
+        }
+        failed = cipher_run(core, s, encrypt, NULL, out + at, out + at, n * 16);
+        for (size_t j = 0; j < n; j++)
+            xor_be128(out + at + 16 * j, out + at + 16 * j, tweaks[j]);
+    }
+    OPENSSL_cleanse(tweaks, sizeof tweaks);
+    OPENSSL_cleanse(&t, sizeof t);
+    return failed;
+}
+
+/* A block cipher's units (OpenSSL's or libgcrypt's): the IVs derived IV_BATCH at a time
+ * (ECB: none), then each unit through its chain.  p->err is 0 or EIO. */
+static void run_blocks(piece *p, ctxset *s, unsigned char (*ivs)[16])
+{
+    const struct core *core = p->core;
     u128 c = p->counter;
+    p->err = EIO;
     for (size_t first = 0; first < p->units; first += IV_BATCH) {
         size_t n = p->units - first < IV_BATCH ? p->units - first : IV_BATCH;
-        derive_ivs(p->core->ivmode, NULL, c, p->step, n, ivs);
-        if (s->gessiv && gcry_cipher_encrypt(s->gessiv, ivs[0], n * 16, NULL, 0))
+        if (core->mode != MODE_ECB && !derive_ivs(core, s, c, p->step, n, ivs))
             goto out;
         c += p->step * n;
         for (size_t i = 0; i < n; i++) {
             size_t at = (first + i) * p->du;
             const unsigned char *in = p->src + at;
             unsigned char *out = p->dst + at;
-            gcry_error_t e = gcry_cipher_setiv(s->g, ivs[i], 16);
-            if (!e)
-                e = p->encrypt ? gcry_cipher_encrypt(s->g, out, p->du, in == out ? NULL : in,
-                                                     in == out ? 0 : p->du)
-                               : gcry_cipher_decrypt(s->g, out, p->du, in == out ? NULL : in,
-                                                     in == out ? 0 : p->du);
-            if (e)
+            int failed = core->mode == MODE_LRW
+                ? lrw_unit(core, s, p->encrypt, ivs[i], in, out, p->du)
+                : cipher_run(core, s, p->encrypt, core->mode == MODE_ECB ? NULL : ivs[i], in,
+                             out, p->du);
+            if (failed)
                 goto out;
         }
     }
@@ -326,31 +447,7 @@ static void run_piece(piece *p)
     p->err = ENOMEM;
     if (!s)
         return;
-    p->err = EIO;
-    if (p->core->galgo) {
-        run_gcrypt(p, s, ivs);
-        ctxset_put(p->core, s);
-        return;
-    }
-    EVP_CIPHER_CTX *ctx = p->encrypt ? s->enc : s->dec;
-    u128 c = p->counter;
-    int len;
-    for (size_t first = 0; first < p->units; first += IV_BATCH) {
-        size_t n = p->units - first < IV_BATCH ? p->units - first : IV_BATCH;
-        if (!derive_ivs(p->core->ivmode, s->essiv, c, p->step, n, ivs))
-            goto out;
-        c += p->step * n;
-        for (size_t i = 0; i < n; i++) {
-            size_t at = (first + i) * p->du;
-            if (!EVP_CipherInit_ex(ctx, NULL, NULL, NULL, ivs[i], -1) ||
-                !EVP_CipherUpdate(ctx, p->dst + at, &len, p->src + at, (int)p->du) ||
-                len != (int)p->du)
-                goto out;
-        }
-    }
-    p->err = 0;
-out:
-    OPENSSL_cleanse(ivs, sizeof ivs);
+    run_blocks(p, s, ivs);
     ctxset_put(p->core, s);
 }
 
@@ -575,64 +672,73 @@ static ctxset *keyed_set(const EVP_CIPHER *cipher, const unsigned char *key, siz
     return s;
 }
 
-/* libgcrypt's algorithm for cipher (serpent, twofish, camellia) with a bits-bit key, 0 if
- * none (libgcrypt's twofish takes 128 and 256 bits). */
+/* libgcrypt's algorithm for the cipher named by the len bytes at cipher with a bits-bit key, 0
+ * if none: the sizes libgcrypt and the kernel both take (libgcrypt has no 192-bit twofish and
+ * only 128-bit CAST5; Blowfish takes 32 to 448 bits, as the kernel). */
 static int gcrypt_algo(const char *cipher, size_t len, size_t bits)
 {
+    int aes_sizes = bits == 128 || bits == 192 || bits == 256;
     char name[32];
-    if (strncmp(cipher, "twofish", len) == 0 && len == 7)
-        snprintf(name, sizeof name, bits == 256 ? "TWOFISH" : "TWOFISH%zu", bits);
-    else if ((len == 7 && strncmp(cipher, "serpent", 7) == 0) ||
-             (len == 8 && strncmp(cipher, "camellia", 8) == 0))
+#define IS(text) (len == sizeof text - 1 && strncmp(cipher, text, len) == 0)
+    if (IS("twofish") && (bits == 128 || bits == 256))
+        snprintf(name, sizeof name, bits == 256 ? "TWOFISH" : "TWOFISH128");
+    else if ((IS("serpent") || IS("camellia")) && aes_sizes)
         snprintf(name, sizeof name, "%.*s%zu", (int)len, cipher, bits);
+    else if (IS("cast5") && bits == 128)
+        snprintf(name, sizeof name, "CAST5");
+    else if (IS("blowfish") && bits >= 32 && bits <= 448 && bits % 8 == 0)
+        snprintf(name, sizeof name, "BLOWFISH");
     else
         return 0;
-    if (bits != 128 && bits != 192 && bits != 256)
-        return 0;
+#undef IS
     for (char *c = name; *c; c++)
         if (*c >= 'a' && *c <= 'z')
             *c = (char)(*c - 'a' + 'A');
     return gcry_cipher_map_name(name);
 }
 
-/* Fill core's libgcrypt fields for chain "CIPHER-MODE" (xts or cbc) and check the key with a
- * first handle set; NULL, or why not. */
+/* Fill core's libgcrypt fields for chain "CIPHER-MODE" (core->mode parsed; its key the first
+ * cipher_keylen of keylen bytes) and check the key with a first handle set; NULL, or why
+ * not.  ESSIV's salt hashes the whole key, as dm-crypt's. */
 static const char *gcrypt_setup(struct core *core, const char *chain, const unsigned char *key,
-                                size_t keylen, const char *essiv_hash)
+                                size_t cipher_keylen, size_t keylen, const char *essiv_hash)
 {
-    const char *dash = strchr(chain, '-'), *mode = dash + 1;
-    int xts = strcmp(mode, "xts") == 0;
+    static const int gmodes[] = {GCRY_CIPHER_MODE_XTS, GCRY_CIPHER_MODE_CBC,
+                                 GCRY_CIPHER_MODE_ECB, GCRY_CIPHER_MODE_ECB};   /* LRW: ECB */
+    size_t name_len = (size_t)(strchr(chain, '-') - chain);
+    int xts = core->mode == MODE_XTS;
     if (!gcry_control(GCRYCTL_INITIALIZATION_FINISHED_P)) {
         gcry_check_version(NULL);
         gcry_control(GCRYCTL_DISABLE_SECMEM, 0);
         gcry_control(GCRYCTL_INITIALIZATION_FINISHED, 0);
     }
-    if (!xts && strcmp(mode, "cbc") != 0)
-        return "libgcrypt ciphers take the xts or cbc chain mode";
-    core->gmode = xts ? GCRY_CIPHER_MODE_XTS : GCRY_CIPHER_MODE_CBC;
-    core->galgo = gcrypt_algo(chain, (size_t)(dash - chain), keylen * 8 / (xts ? 2 : 1));
-    if (!core->galgo || (xts && keylen % 2))
+    core->gmode = gmodes[core->mode];
+    core->galgo = gcrypt_algo(chain, name_len, cipher_keylen * 8 / (xts ? 2 : 1));
+    if (!core->galgo || (xts && cipher_keylen % 2))
         return "unknown cipher, or key size not valid for it";
+    core->iv_size = (int)gcry_cipher_get_algo_blklen(core->galgo);
+    if (core->iv_size != 16 && (xts || core->mode == MODE_LRW))
+        return "xts and lrw need a 128-bit block cipher";
     unsigned char salt[EVP_MAX_MD_SIZE];
     unsigned int salt_len = 0;
     if (essiv_hash) {
         const EVP_MD *md = EVP_get_digestbyname(essiv_hash);
         if (!md || !EVP_Digest(key, keylen, salt, &salt_len, md, NULL))
             return "ESSIV: unknown hash";
-        core->gessiv_algo = gcrypt_algo(chain, (size_t)(dash - chain), salt_len * 8);
+        core->gessiv_algo = gcrypt_algo(chain, name_len, salt_len * 8);
         if (!core->gessiv_algo) {
             OPENSSL_cleanse(salt, sizeof salt);
             return "ESSIV: the hash's digest is no key size of this cipher";
         }
     }
-    if (!(core->gkey = malloc(keylen + salt_len + 1))) {
+    if (!(core->gkey = malloc(cipher_keylen + salt_len + 1))) {
         OPENSSL_cleanse(salt, sizeof salt);
         return "out of memory";
     }
-    memcpy(core->gkey, key, keylen);
-    memcpy(core->gkey + keylen, salt, salt_len);
+    memcpy(core->gkey, key, cipher_keylen);
+    memcpy(core->gkey + cipher_keylen, salt, salt_len);
     OPENSSL_cleanse(salt, sizeof salt);
-    core->gkeylen = keylen;
+    core->gkeylen = cipher_keylen;
     core->gsaltlen = salt_len;
     ctxset *first = gset_new(core);
     if (!first)
@@ -641,46 +747,115 @@ static const char *gcrypt_setup(struct core *core, const char *chain, const unsi
     return NULL;
 }
 
+/* OpenSSL's AES for a chain mode and a bits-bit key (per XTS half), NULL if it has none
+ * (no AES-192-XTS).  LRW runs AES-ECB. */
+static const EVP_CIPHER *aes_cipher(int mode, size_t bits)
+{
+    switch (mode) {
+    case MODE_XTS:
+        return bits == 128 ? EVP_aes_128_xts() : bits == 256 ? EVP_aes_256_xts() : NULL;
+    case MODE_CBC:
+        return bits == 128 ? EVP_aes_128_cbc() : bits == 192 ? EVP_aes_192_cbc()
+             : bits == 256 ? EVP_aes_256_cbc() : NULL;
+    default:
+        return bits == 128 ? EVP_aes_128_ecb() : bits == 192 ? EVP_aes_192_ecb()
+             : bits == 256 ? EVP_aes_256_ecb() : NULL;
+    }
+}
+
+/* LRW's tables for the tweak key k2 (see struct lrw_table); NULL without memory. */
+static struct lrw_table *lrw_table_new(const unsigned char k2[LRW_TWEAK_KEY])
+{
+    struct lrw_table *tab = malloc(sizeof *tab);
+    if (!tab)
+        return NULL;
+    u128 power = load_be(k2, LRW_TWEAK_KEY), step = 0;
+    for (int i = 0; i < 128; i++) {
+        tab->power[i] = power;
+        tab->step[i] = step ^= power;
+        power = (power << 1) ^ (power >> 127 ? 0x87 : 0);   /* times x, mod x^128+x^7+x^2+x+1 */
+    }
+    OPENSSL_cleanse(&power, sizeof power);
+    OPENSSL_cleanse(&step, sizeof step);
+    return tab;
+}
+
+/* Free everything a core holds, cleansing every key schedule and key copy. */
+static void core_free(struct core *core)
+{
+    while (core->idle) {
+        ctxset *next = core->idle->next;
+        ctxset_free(core->idle);
+        core->idle = next;
+    }
+    ctxset_free(core->keyed);
+    if (core->gkey) {
+        OPENSSL_cleanse(core->gkey, core->gkeylen + core->gsaltlen);
+        free(core->gkey);
+    }
+    if (core->lrw) {
+        OPENSSL_cleanse(core->lrw, sizeof *core->lrw);
+        free(core->lrw);
+    }
+    if (core->adiantum) {
+        adiantum_wipe(core->adiantum);
+        free(core->adiantum);
+    }
+    free(core);
+}
+
 struct core *core_new(const char *chain, const unsigned char *key, size_t keylen,
                       const char *ivmode, const char *essiv_hash, char *err, size_t errlen)
 {
     const char *error = NULL;
     const EVP_CIPHER *cipher = NULL;
-    int xts = strcmp(chain, "xts") == 0, null = strcmp(chain, "null") == 0;
+    int null = strcmp(chain, "null") == 0;
     int adiantum = strcmp(chain, "adiantum12") == 0 ? 12
                  : strcmp(chain, "adiantum20") == 0 ? 20 : 0;
-    int gcrypt_chain = strchr(chain, '-') != NULL;     /* "serpent-xts" ... */
-    size_t bits = keylen * 8 / (xts ? 2 : 1);
-    int mode = -1;
+    const char *dash = strchr(chain, '-');             /* "serpent-xts" ...: libgcrypt */
+    int mode = -1, iv = -1;
+    for (int i = 0; MODE_NAMES[i]; i++)
+        if (strcmp(dash ? dash + 1 : chain, MODE_NAMES[i]) == 0)
+            mode = i;
+    /* LRW's key is the cipher's followed by the tweak key; XTS's holds two keys */
+    size_t cipher_keylen = keylen - (mode == MODE_LRW && keylen > LRW_TWEAK_KEY
+                                     ? LRW_TWEAK_KEY : 0);
     struct core *core = NULL;
     pthread_once(&fork_handlers, install_fork_handlers);
-    if (xts)
-        cipher = bits == 128 ? EVP_aes_128_xts() : bits == 256 ? EVP_aes_256_xts() : NULL;
-    else if (strcmp(chain, "cbc") == 0)
-        cipher = bits == 128 ? EVP_aes_128_cbc() : bits == 192 ? EVP_aes_192_cbc()
-               : bits == 256 ? EVP_aes_256_cbc() : NULL;
-    else if (adiantum && keylen != ADIANTUM_KEY_SIZE)
+    if (adiantum && keylen != ADIANTUM_KEY_SIZE)
         error = "an Adiantum key is 32 bytes";
-    else if (!null && !adiantum && !gcrypt_chain)
-        error = "chain mode must be xts, cbc, adiantum12, adiantum20 or null";
-    if (!error && !cipher && !null && !adiantum && !gcrypt_chain)
+    else if (!null && !adiantum && mode < 0)
+        error = "chain mode must be xts, cbc, ecb, lrw (AES), CIPHER-MODE (libgcrypt), "
+                "adiantum12, adiantum20 or null";
+    else if (mode == MODE_LRW && keylen <= LRW_TWEAK_KEY)
+        error = "an LRW key is the cipher's key and a 16-byte tweak key";
+    else if (mode >= 0 && !dash &&
+             !(cipher = aes_cipher(mode, cipher_keylen * 8 / (mode == MODE_XTS ? 2 : 1))))
         error = "key size not valid for this chain mode";
     for (int i = 0; !error && IVMODE_NAMES[i]; i++)
         if (strcmp(ivmode, IVMODE_NAMES[i]) == 0)
-            mode = i;
-    if (!error && mode < 0)
+            iv = i;
+    if (!error && iv < 0)
         error = "unknown IV mode";
-    if (!error && (mode == IV_ESSIV) != (essiv_hash != NULL))
+    if (!error && (iv == IV_ESSIV) != (essiv_hash != NULL))
         error = "essiv_hash goes with (and only with) the essiv IV mode";
     /* dm-crypt fills the front of Adiantum's 32-byte IV only in these modes */
-    if (!error && adiantum && mode != IV_PLAIN && mode != IV_PLAIN64 && mode != IV_NULL)
+    if (!error && adiantum && iv != IV_PLAIN && iv != IV_PLAIN64 && iv != IV_NULL)
         error = "Adiantum takes the plain, plain64 or null IV mode";
+    /* dm-crypt's essiv template needs an IV to encrypt; ECB has none */
+    if (!error && mode == MODE_ECB && iv == IV_ESSIV)
+        error = "ecb has no IV for ESSIV";
     if (!error && !(core = calloc(1, sizeof *core)))
         error = "out of memory";
-    if (!error && gcrypt_chain)
-        error = gcrypt_setup(core, chain, key, keylen, essiv_hash);
-    if (!error && gcrypt_chain) {
-        ;   /* keyed per thread from core->gkey (gset_new) */
+    if (!error) {
+        core->mode = mode;
+        core->iv_size = 16;
+    }
+    if (!error && mode == MODE_LRW &&
+        !(core->lrw = lrw_table_new(key + keylen - LRW_TWEAK_KEY)))
+        error = "out of memory";
+    if (!error && dash) {   /* keyed per thread from core->gkey (gset_new) */
+        error = gcrypt_setup(core, chain, key, cipher_keylen, keylen, essiv_hash);
     } else if (!error && adiantum) {
         void *mem = NULL;
         if (posix_memalign(&mem, 64, sizeof *core->adiantum))
@@ -690,23 +865,20 @@ struct core *core_new(const char *chain, const unsigned char *key, size_t keylen
             error = "Adiantum could not be keyed (OpenSSL failed)";
         } else
             core->adiantum = mem;
-    } else if (!error && !null) {
+    } else if (!error && !null) {   /* EVP reads the cipher's key from the front of key */
         const char *why;
         core->keyed = keyed_set(cipher, key, keylen, essiv_hash, &why);
         if (!core->keyed)
             error = why;
     }
     if (error) {
-        if (core && core->gkey) {
-            OPENSSL_cleanse(core->gkey, core->gkeylen + core->gsaltlen);
-            free(core->gkey);
-        }
-        free(core);
+        if (core)
+            core_free(core);
         if (errlen)
             snprintf(err, errlen, "%s", error);
         return NULL;
     }
-    core->ivmode = mode;
+    core->ivmode = iv;
     core->null = null;
     core->refs = 1;
     pthread_cond_init(&core->quiet, NULL);
@@ -728,23 +900,7 @@ void core_unref(struct core *core)
     core->dying = 1;
     while (core->users)
         pthread_cond_wait(&core->quiet, &lock);
-    ctxset *idle = core->idle;
-    core->idle = NULL;
     pthread_mutex_unlock(&lock);
-    while (idle) {
-        ctxset *next = idle->next;
-        ctxset_free(idle);
-        idle = next;
-    }
-    ctxset_free(core->keyed);
-    if (core->gkey) {
-        OPENSSL_cleanse(core->gkey, core->gkeylen + core->gsaltlen);
-        free(core->gkey);
-    }
-    if (core->adiantum) {
-        adiantum_wipe(core->adiantum);
-        free(core->adiantum);
-    }
     pthread_cond_destroy(&core->quiet);
-    free(core);
+    core_free(core);
 }

@@ -2,16 +2,17 @@
  * The native multi data unit core, as a C API (core.c).
  *
  * One call converts a whole bio: every data unit of a buffer, each with its own IV derived by
- * the core (dm-crypt's IV modes), through keyed OpenSSL EVP contexts that are only re-IVed per
- * unit; a large bio can be split over a few worker threads.  Two users: the Python binding
+ * the core (dm-crypt's IV modes), through keyed OpenSSL EVP contexts (libgcrypt handles for
+ * the ciphers OpenSSL lacks) that are only re-IVed per unit; a large bio can be split over a few worker threads.  Two users: the Python binding
  * (backends/_native.c, the `multidu` backend) and the native data plane
  * (cryptfs/fuse/_plane.c), which gets a core from the binding through a PyCapsule holding a
  * struct core_api, so core.c is linked into one extension only and both share one key
  * schedule.
  *
  * Every function is thread-safe and never touches Python: callers release the GIL around
- * them.  Nothing here keeps a copy of the key bytes; the schedules are cleansed when the last
- * reference goes.
+ * them.  Nothing here keeps a copy of the key bytes but the one libgcrypt ciphers need (their
+ * handles cannot be copied, so each thread keys its own); the schedules, that copy and LRW's
+ * tables are cleansed when the last reference goes.
  */
 #ifndef CRYPTFS_CORE_H
 #define CRYPTFS_CORE_H
@@ -27,8 +28,12 @@ struct core;
 /*
  * A keyed core, holding one reference; NULL with a message in err (errlen bytes) if the
  * arguments are wrong or OpenSSL refuses the key.
- *   chain: "xts" (AES-XTS, key = both halves: 32 or 64 bytes) or "cbc" (AES-CBC, 16/24/32
- *          bytes); or "null": dm-crypt's cipher_null-ecb, output = input, any key (ignored) and
+ *   chain: "xts" (AES-XTS, key = both halves: 32 or 64 bytes), "cbc" or "ecb" (AES-CBC,
+ *          AES-ECB: 16/24/32 bytes; ECB ignores the IV mode, as dm-crypt, and refuses essiv),
+ *          "lrw" (the kernel's LRW over AES: the AES key then a 16-byte tweak key, 32/40/48
+ *          bytes); "CIPHER-MODE" for serpent, twofish, camellia (xts, cbc, ecb, lrw), cast5
+ *          and blowfish (cbc, ecb: 64-bit blocks, so 8-byte IVs) through libgcrypt; or
+ *          "null": dm-crypt's cipher_null-ecb, output = input, any key (ignored) and
  *          any IV mode (validated, ignored) - the plane's no-crypto ceiling.
  *          "adiantum12" / "adiantum20": Adiantum with XChaCha12 / XChaCha20 (adiantum.h),
  *          a 32-byte key, the unit one wide block (16..65536 bytes), the tweak the unit's IV
@@ -53,10 +58,12 @@ void core_unref(struct core *core);
  * plain64 and plain64be a 128-bit counter (little- and big-endian) stepped by `step` per unit;
  * for plain a 32-bit counter that wraps as dm-crypt's does; for essiv, benbi and null the
  * plain64 IV of the first unit, from which each unit's IV is derived as dm-crypt derives it
- * (64-bit sector).  threads > 1 splits the units over that many threads (the caller decides
- * when a bio is worth it: waking a worker has a cost).
- * 0 on success; -1 with errno EINVAL (bad arguments), ENOMEM (no context) or EIO (OpenSSL
- * failed): dst is then not to be trusted.
+ * (64-bit sector).  A 64-bit block cipher's unit IVs are 8 bytes (dm-crypt's iv_size is the
+ * block size): the counter's low 64 bits, in its byte order.  threads > 1 splits the units
+ * over that many threads (the caller decides when a bio is worth it: waking a worker has a
+ * cost).
+ * 0 on success; -1 with errno EINVAL (bad arguments), ENOMEM (no context) or EIO (OpenSSL or
+ * libgcrypt failed): dst is then not to be trusted.
  */
 int core_crypt(struct core *core, int encrypt, const unsigned char *src, unsigned char *dst,
                size_t len, const unsigned char iv[16], size_t du, uint64_t step, int threads);

@@ -1,11 +1,12 @@
 """``multidu``: native multi data unit crypto — one request per bio, one call per request.
 
 The work is done by the native core (:mod:`cryptfs.backends.native`): every data unit of the
-request through one keyed OpenSSL context, each unit's IV derived in C — the counters (plain's
-wrapping at 2^32 as dm-crypt's does), ESSIV, benbi and null from the plain64 counter the
-request carries — with the GIL released, and a large request's units split over ``threads``
-threads.  Where the core is not built this backend is unavailable (:class:`Unavailable`): the
-stack serves on ``software`` and says so.  The backend is synchronous: every request is DONE.
+request through one keyed OpenSSL context (libgcrypt handle), each unit's IV derived in C —
+the counters (plain's wrapping at 2^32 as dm-crypt's does), ESSIV, benbi and null from the
+plain64 counter the request carries — with the GIL released, and a large request's units split
+over ``threads`` threads.  Where the core is not built this backend is unavailable
+(:class:`Unavailable`): the stack serves on ``software`` and says so.  The backend is
+synchronous: every request is DONE.
 """
 
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from cryptfs.backends.base import (
     Status,
     Unavailable,
 )
+from cryptfs.crypto.gcrypt import block_bytes
+from cryptfs.crypto.ivgen import IV_MODES
 from cryptfs.crypto.spec import CipherSpec
 from cryptfs.util.options import at_least, option
 
@@ -56,6 +59,11 @@ class MultiDuBackend:
         UnitCipher(spec.chain, key)             # refuses a key exactly as software does
         self.core = native.keyed_core(spec, key)
         self._crypt = self.core.crypt
+        # A 64-bit block cipher's IVs are 8 bytes: the low half of the core's 16-byte counter,
+        # which sits at the front of a little-endian one and the back of a big-endian one.
+        pad = bytes(16 - block_bytes(spec.cipher))
+        big = IV_MODES[spec.ivmode].byteorder == "big"
+        self._widen = (lambda iv: pad + iv) if big else (lambda iv: iv + pad)
         self.threads = max(1, threads)
         self.split_bytes = options.split_bytes or 1 << 62
         self._stats = BackendStats()
@@ -67,7 +75,8 @@ class MultiDuBackend:
             raise CryptoFailure(f"multi data unit requests of {du}-byte units are not "
                                 "supported by this engine")
         self._stats.count(req)
-        self._crypt(req.op is Op.ENCRYPT, req.src, req.dst, req.iv, du, req.iv_step,
+        iv = req.iv if len(req.iv) == 16 else self._widen(req.iv)
+        self._crypt(req.op is Op.ENCRYPT, req.src, req.dst, iv, du, req.iv_step,
                     self.threads if len(req.src) >= self.split_bytes else 1)
         return Status.DONE
 

@@ -11,7 +11,7 @@ iv_step, threads)`` converts a whole multi data unit request — IVs as the cont
 ``NativeError``, a :class:`~cryptfs.backends.base.CryptoFailure`, if OpenSSL fails.
 """
 
-from cryptfs.backends.base import CryptoFailure
+from cryptfs.backends.base import CryptoFailure, Unavailable
 from cryptfs.crypto.ivgen import IV_MODES
 from cryptfs.crypto.spec import CipherSpec
 
@@ -31,9 +31,13 @@ DERIVED_IV_MODES = frozenset(name for name, mode in IV_MODES.items()
 
 
 def keyed_core(spec: CipherSpec, key: bytes | bytearray):
-    """A native core for ``spec`` keyed with ``key``; CryptoFailure if it cannot be."""
+    """A native core for ``spec`` keyed with ``key``; Unavailable where the core is not built
+    or its OpenSSL lacks ESSIV's hash (the software path has every hash cryptfs takes),
+    CryptoFailure if the key is refused."""
     if _native is None:
-        raise CryptoFailure(UNAVAILABLE)
+        raise Unavailable(UNAVAILABLE)
+    if spec.ivmode == "essiv" and not _native.has_digest(spec.ivopts):
+        raise Unavailable(f"the native core's OpenSSL has no {spec.ivopts} for ESSIV")
     try:
         return _native.Core(spec.chain, key, spec.ivmode, spec.ivopts)
     except ValueError as e:

@@ -22,12 +22,14 @@ def test_supported_specs_round_trip(text):
 
 @pytest.mark.parametrize("text, fragment", [
     ("des3_ede-xts-plain64", "cipher 'des3_ede'"),
-    ("aes-ecb-plain64", "chain mode 'ecb'"),
+    ("aes-ctr-plain64", "chain mode 'ctr'"),
     ("aes-xts-lmk", "IV mode 'lmk'"),
     ("aes-xts", "cipher-chainmode-ivmode"),
     ("aes-cbc-essiv", "needs a hash"),
-    ("aes-cbc-essiv:sha1", "ESSIV with AES needs"),
-    ("aes-cbc-essiv:nosuchhash", "not available"),
+    ("aes-cbc-essiv:sha1", "160-bit digest, which is no aes key for ESSIV"),
+    ("aes-cbc-essiv:whirlpool", "512-bit digest, which is no aes key for ESSIV"),
+    ("twofish-cbc-essiv:tiger", "192-bit digest, which is no twofish key for ESSIV"),
+    ("aes-cbc-essiv:nosuchhash", "hash 'nosuchhash' is not supported"),
     ("aes-xts-plain64:sha256", "takes no option"),
     ("capi:xts(aes)-plain64", "not supported"),
 ])

@@ -1,1 +1,2 @@
-"""Layer 2: the facts about ciphers — cipher specs, the one IV table, key buffers."""
+"""Layer 2: the facts about ciphers — cipher specs, the one IV table, hashes by name, key
+buffers."""

@@ -6,11 +6,11 @@ inside the cipher library); cryptfs keeps none of its own beyond the Secret.
 """
 
 import getpass
-import hashlib
 import os
 import stat
 import sys
 
+from cryptfs.crypto import hashes
 from cryptfs.errors import KeyMaterialError, NoPassphrase
 
 #: cryptsetup refuses larger key files by default; so do we (they are surely a mistake).
@@ -143,20 +143,17 @@ def hash_passphrase(hash_name: str, passphrase: Secret, key_bytes: int) -> Secre
     ``plain``: the passphrase itself, cut or zero-padded to the key size.  Otherwise the digest
     of the passphrase; if the key is longer than one digest, round *r* hashes *r* bytes ``'A'``
     followed by the passphrase (the "hashalot" scheme cryptsetup keeps for compatibility).
+    SpecError if cryptfs has no hash ``hash_name`` (:func:`cryptfs.crypto.hashes.new`).
     """
     key = Secret(bytes(key_bytes))
     if hash_name == "plain":
         n = min(key_bytes, len(passphrase))
         key.buffer[:n] = passphrase.buffer[:n]
         return key
-    try:
-        hashlib.new(hash_name)
-    except ValueError:
-        raise KeyMaterialError(f"hash '{hash_name}' is not available "
-                               f"(e.g. sha256, sha512, sha1, ripemd160, plain)") from None
+    base = hashes.new(hash_name)
     done, rounds = 0, 0
     while done < key_bytes:
-        h = hashlib.new(hash_name)
+        h = base.copy()
         h.update(b"A" * rounds)
         h.update(passphrase.buffer)
         digest = bytearray(h.digest())

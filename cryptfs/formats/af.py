@@ -4,25 +4,22 @@ A key of n bytes is stored as ``stripes`` blocks of n bytes: all but the last ar
 the last is the key XOR the diffusion of the running XOR of the others, so destroying any one
 stripe destroys the key.  ``diffuse`` hashes each digest-sized piece of a block with its
 big-endian 32-bit index prepended, keeping the piece's length.  The hash is named as cryptsetup
-names it (:func:`~cryptfs.formats.kdf.new_hash`).
+names it (:func:`cryptfs.crypto.hashes.new`).
 
 Everything is computed in place, in the caller's buffers and the returned :class:`Secret`; the
-only other copies are hashlib's digests (immutable bytes: hashlib has no digest-into) and the
-8-byte integers CPython makes while XORing, both dropped at once and not wipeable from Python.
+only other copies are the digests (immutable bytes: hashlib has no digest-into) and the 8-byte
+integers CPython makes while XORing, both dropped at once and not wipeable from Python.
 """
 
 import os
 
+from cryptfs.crypto import hashes
 from cryptfs.crypto.keys import Secret
-from cryptfs.errors import SpecError
-from cryptfs.formats.kdf import new_hash
 
 
 def _diffuser(hash_name: str):
-    """diffuse(block), in place, with hash ``hash_name``."""
-    base = new_hash(hash_name)
-    if base is None:
-        raise SpecError(f"hash {hash_name!r} is not available")
+    """diffuse(block), in place, with hash ``hash_name``; SpecError if cryptfs has none."""
+    base = hashes.new(hash_name)
     size = base.digest_size
 
     def diffuse(block: memoryview) -> None:

@@ -1,19 +1,20 @@
-"""Passphrase → key: PBKDF2 (hashlib), Argon2i and Argon2id (libargon2 through argon2-cffi's
-low-level binding), with limits and iteration-time benchmarks.
+"""Passphrase → key: PBKDF2 (over any hash :mod:`cryptfs.crypto.hashes` has), Argon2i and
+Argon2id (libargon2 through argon2-cffi's low-level binding), with limits and iteration-time
+benchmarks.
 
 The limits are cryptsetup's: a header asking for more memory or time than these is refused
 before any work is done, so a hostile image cannot make ``open`` hang or exhaust memory.
 
-The passphrase is read in place from its :class:`Secret`; Argon2 writes the key straight into
-the returned one.  PBKDF2's key passes through one immutable copy: hashlib returns bytes.
+The passphrase is read in place from its :class:`Secret`; Argon2 and libgcrypt's PBKDF2 write
+the key straight into the returned one, hashlib's PBKDF2 through one immutable copy.
 """
 
-import hashlib
 import time
 from dataclasses import dataclass
 
+from cryptfs.crypto import hashes
 from cryptfs.crypto.keys import Secret
-from cryptfs.errors import CryptfsError, FormatError
+from cryptfs.errors import CryptfsError, FormatError, SpecError
 
 PBKDF2_MIN_ITERATIONS = 1000
 PBKDF2_MAX_ITERATIONS = (1 << 32) - 1
@@ -35,8 +36,10 @@ class Kdf:
     def check(self) -> None:
         """FormatError unless the parameters are ones cryptfs will run."""
         if self.kind == "pbkdf2":
-            if not self.hash or self.hash not in hashlib.algorithms_available:
-                raise FormatError(f"PBKDF2 hash {self.hash!r} is not available")
+            try:
+                hashes.new(self.hash or "")
+            except SpecError as e:
+                raise FormatError(f"PBKDF2: {e}") from None
             if not 1 <= self.iterations <= PBKDF2_MAX_ITERATIONS:
                 raise FormatError(f"PBKDF2 iterations {self.iterations} out of range")
         elif self.kind in ("argon2i", "argon2id"):
@@ -61,13 +64,13 @@ class Kdf:
         """The ``length``-byte key; FormatError unless :meth:`check` passes, CryptfsError if
         libargon2 fails (it cannot allocate the memory, say)."""
         self.check()
-        if self.kind == "pbkdf2":
-            # hashlib has no derive-into: the key comes back as bytes, a copy cryptfs cannot wipe
-            return Secret(hashlib.pbkdf2_hmac(self.hash, passphrase.buffer, self.salt,
-                                              self.iterations, length))
         key = Secret(bytes(length))
         try:
-            self._argon2(passphrase.buffer, key.buffer)
+            if self.kind == "pbkdf2":
+                hashes.pbkdf2(self.hash, passphrase.buffer, self.salt, self.iterations,
+                              key.buffer)
+            else:
+                self._argon2(passphrase.buffer, key.buffer)
         except BaseException:
             key.wipe()
             raise
@@ -87,28 +90,21 @@ class Kdf:
             raise CryptfsError(f"{self.kind} failed: {error_to_str(rv)}")
 
 
-def new_hash(name: str):
-    """A hashlib object for hash ``name`` as cryptsetup's OpenSSL backend names it (``sha256``,
-    ``SHA1``, ``blake2b-512``...); None if there is no such fixed-size hash here."""
-    name = {"blake2b-512": "blake2b512", "blake2s-256": "blake2s256"}.get(name.lower(), name)
-    try:
-        h = hashlib.new(name)
-    except (ValueError, TypeError, UnicodeError):
-        return None
-    return h if h.digest_size else None
-
-
 def pbkdf2_digest(hash_name: str, key: Secret, salt: bytes, iterations: int,
                   length: int) -> bytes:
-    """The volume key digest both LUKS versions store to recognise the right key."""
-    return hashlib.pbkdf2_hmac(hash_name, key.buffer, salt, iterations, length)
+    """The volume key digest both LUKS versions store to recognise the right key; SpecError
+    if cryptfs has no hash ``hash_name``."""
+    digest = bytearray(length)
+    hashes.pbkdf2(hash_name, key.buffer, salt, iterations, digest)
+    return bytes(digest)
 
 
 def pbkdf2_iterations_for(hash_name: str, milliseconds: int, length: int = 32) -> int:
-    """Iterations that take about ``milliseconds`` here (cryptsetup's --iter-time)."""
+    """Iterations that take about ``milliseconds`` here (cryptsetup's --iter-time); SpecError
+    if cryptfs has no hash ``hash_name``."""
     probe = 20000
     start = time.perf_counter()
-    hashlib.pbkdf2_hmac(hash_name, b"benchmark", b"salt" * 8, probe, length)
+    hashes.pbkdf2(hash_name, b"benchmark", b"salt" * 8, probe, bytearray(length))
     elapsed = max(time.perf_counter() - start, 1e-6)
     return max(PBKDF2_MIN_ITERATIONS, int(probe * milliseconds / 1000 / elapsed))
 

@@ -31,11 +31,12 @@ import uuid as uuidlib
 from dataclasses import dataclass, replace
 
 from cryptfs.core.geometry import SECTOR
+from cryptfs.crypto import hashes
 from cryptfs.crypto.keys import Secret
 from cryptfs.crypto.spec import parse_spec
 from cryptfs.errors import ConfigError, FormatError, KeyMaterialError, SpecError, WrongPassphrase
 from cryptfs.formats.binary import Record
-from cryptfs.formats.kdf import Kdf, new_hash, pbkdf2_digest
+from cryptfs.formats.kdf import Kdf, pbkdf2_digest
 from cryptfs.formats.keyslot_area import header_spec, padded, seal, unseal
 from cryptfs.formats.protocol import LuksHeader, ReadAt, Segment
 
@@ -163,14 +164,7 @@ class Luks1Header(LuksHeader):
         if phdr.version != cls.VERSION:
             raise FormatError(f"LUKS1 header version {phdr.version} is not supported")
         header = cls.unpack(data)
-        hashed = new_hash(header.hash)
-        if hashed is None:
-            raise FormatError(f"LUKS1 hash-spec {header.hash!r}: hash {header.hash} is not "
-                              "supported here")
-        hash_bytes = hashed.digest_size
-        if hash_bytes < MK_DIGEST_SIZE:
-            raise FormatError(f"LUKS1 hash-spec {header.hash!r} is not a hash of at least "
-                              f"{MK_DIGEST_SIZE} bytes here")
+        _check_hash(header.hash)
         header._check_keyslots()
         if not header.key_bytes:
             raise FormatError("LUKS1 key-bytes is 0")
@@ -309,6 +303,7 @@ class Luks1Header(LuksHeader):
                digest_iterations: int, hash_name: str,
                detached: bool) -> tuple["Luks1Header", dict[int, bytes]]:
         """(LUKS1: ``kdf.hash`` is the header's hash, for every slot and the digest.)"""
+        _check_hash(kdf.hash)
         spec = parse_spec(cipher)
         spec.check_key_bits(len(key) * 8)
         name, _, mode = cipher.partition("-")
@@ -356,6 +351,18 @@ class Luks1Header(LuksHeader):
                       f"\tKey material offset:\t{ks.material_offset}",
                       f"\tAF stripes:            \t{ks.stripes}"]
         return "\n".join(lines) + "\n"
+
+
+def _check_hash(name: str) -> None:
+    """FormatError unless ``name`` is a hash cryptfs has, of at least MK_DIGEST_SIZE bytes
+    (cryptsetup's rule for a LUKS1 hash-spec: its HMAC makes the volume key digest)."""
+    try:
+        size = hashes.new(name).digest_size
+    except SpecError as e:
+        raise FormatError(f"LUKS1 hash-spec: {e}") from None
+    if size < MK_DIGEST_SIZE:
+        raise FormatError(f"LUKS1 hash-spec {name!r} is not a hash of at least "
+                          f"{MK_DIGEST_SIZE} bytes here")
 
 
 def _hex(data: bytes) -> str:

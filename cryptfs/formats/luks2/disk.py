@@ -26,9 +26,9 @@ A copy that fails a check raises :class:`DamagedCopy`, which carries which copy 
 data; :class:`MissingCopy` (no magic at all) tells a prober to look further.
 """
 
+from cryptfs.crypto import hashes
 from cryptfs.errors import FormatError
 from cryptfs.formats.binary import Record
-from cryptfs.formats.kdf import new_hash
 
 MAGICS = {"primary": b"LUKS\xba\xbe", "secondary": b"SKUL\xba\xbe"}
 MAGIC_PRIMARY, MAGIC_SECONDARY = MAGICS["primary"], MAGICS["secondary"]
@@ -73,10 +73,10 @@ class MissingCopy(DamagedCopy):
 
 def checksum(alg: str, area: bytes | bytearray) -> bytes | None:
     """``alg`` (as cryptsetup names it) over ``area`` with the csum field zeroed; None if
-    there is no such hash here."""
-    h = new_hash(alg)
-    if h is None:
+    cryptfs has no such hash."""
+    if not hashes.supported(alg):
         return None
+    h = hashes.new(alg)
     h.update(memoryview(area)[:CSUM.start])
     h.update(bytes(CSUM.stop - CSUM.start))
     h.update(memoryview(area)[CSUM.stop:])
@@ -108,7 +108,7 @@ def read_copy(read_at, offset: int, copy: str) -> tuple[tuple, bytes]:
     digest = checksum(fields.checksum_alg, area)
     if digest is None:
         raise DamagedCopy.binary(copy, offset, f"has checksum algorithm "
-                                               f"{fields.checksum_alg!r}, which is not available")
+                                               f"{fields.checksum_alg!r}, which is not supported")
     if fields.csum[:len(digest)] != digest:
         raise DamagedCopy.binary(copy, offset, "has a bad checksum")
     return fields, area
@@ -126,6 +126,6 @@ def pack_copy(fields: tuple, text: bytes) -> bytearray:
     area[BINARY_SIZE:BINARY_SIZE + len(text)] = text
     digest = checksum(fields.checksum_alg, area)
     if digest is None:
-        raise FormatError(f"checksum algorithm {fields.checksum_alg!r} is not available")
+        raise FormatError(f"checksum algorithm {fields.checksum_alg!r} is not supported")
     area[CSUM.start:CSUM.start + len(digest)] = digest
     return area

@@ -10,9 +10,10 @@ import base64
 import os
 from dataclasses import dataclass
 
+from cryptfs.crypto import hashes
 from cryptfs.crypto.keys import Secret
 from cryptfs.errors import CryptfsError, FormatError
-from cryptfs.formats.kdf import PBKDF2_MAX_ITERATIONS, Kdf, new_hash, pbkdf2_digest
+from cryptfs.formats.kdf import PBKDF2_MAX_ITERATIONS, Kdf, pbkdf2_digest
 from cryptfs.formats.keyslot_area import header_spec, padded
 from cryptfs.formats.luks2.jsonc import get_int
 from cryptfs.formats.luks2.validate import (
@@ -123,8 +124,8 @@ def keyslot_of(kid: int, ks: dict) -> tuple[Keyslot | None, str | None]:
             padded(slot.key_size * slot.stripes) > slot.area_size:
         return None, (f"{slot.key_size} key bytes × {slot.stripes} stripes do not fit its "
                       f"{slot.area_size}-byte area")
-    if new_hash(slot.af_hash) is None:
-        return None, f"AF hash {slot.af_hash!r} is not available"
+    if not hashes.supported(slot.af_hash):
+        return None, f"AF hash {slot.af_hash!r} is not supported"
     return slot, None
 
 
@@ -180,7 +181,7 @@ def digest_of(d: dict) -> Digest | None:
     salt, value = b64decode(d.get("salt")), b64decode(d.get("digest"))
     hash_name, iterations = d.get("hash"), d.get("iterations")
     if d["type"] != "pbkdf2" or salt is None or not value or not isinstance(hash_name, str) \
-            or new_hash(hash_name) is None or not is_a(iterations, int) \
+            or not hashes.supported(hash_name) or not is_a(iterations, int) \
             or not 1 <= iterations <= PBKDF2_MAX_ITERATIONS:
         return None
     ids = [frozenset(int(i) for i in d[k] if i and numbered(i)) for k in ("keyslots", "segments")]

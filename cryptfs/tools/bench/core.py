@@ -22,10 +22,11 @@ from cryptfs.util.mdtable import markdown_table
 
 UNIT_SIZES = (512, 4096)
 REQUEST = 1 << 20
-#: every cipher the core runs, at its default key size, for users choosing one
-CIPHERS = ("aes-xts-plain64", "aes-cbc-essiv:sha256", "serpent-xts-plain64",
-           "twofish-xts-plain64", "camellia-xts-plain64", "xchacha12,aes-adiantum-plain64",
-           "xchacha20,aes-adiantum-plain64")
+#: every cipher and chain the core runs, at its default key size, for users choosing one
+CIPHERS = ("aes-xts-plain64", "aes-cbc-essiv:sha256", "aes-ecb", "aes-lrw-benbi",
+           "serpent-xts-plain64", "twofish-xts-plain64", "camellia-xts-plain64", "twofish-ecb",
+           "camellia-lrw-plain64", "cast5-cbc-plain64", "blowfish-cbc-plain64",
+           "xchacha12,aes-adiantum-plain64", "xchacha20,aes-adiantum-plain64")
 
 
 def openssl_speed(unit: int, seconds: float) -> float:
