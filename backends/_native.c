@@ -448,14 +448,15 @@ static PyObject *Engine_statistics(Engine *self, PyObject *unused)
     struct engine_stats st;
     engine_statistics(e, &st);
     return Py_BuildValue(
-        "{sKsKsKsKsKsKsKsKsKsKsKsKsKsdsdsdsdsd}",
+        "{sKsKsKsKsKsKsKsKsKsKsKsKsKsdsdsdsdsdsd}",
         "requests", st.requests, "data_units", st.data_units, "bytes", st.bytes,
         "errors", st.errors, "busy", st.busy, "backlog_high_water", st.backlog_high_water,
         "completed", st.completed, "errors_injected", st.errors_injected, "lost", st.lost,
         "nomem_injected", st.nomem_injected, "overruns", st.overruns,
         "in_flight", st.in_flight, "backlog", st.backlog,
         "engine_busy_s", st.engine_busy_s, "engine_compute_cpu_s", st.engine_compute_cpu_s,
-        "engine_wait_cpu_s", st.engine_wait_cpu_s, "latency_mean_us", st.latency_mean_us,
+        "engine_wait_cpu_s", st.engine_wait_cpu_s, "engine_thread_cpu_s",
+        st.engine_thread_cpu_s, "latency_mean_us", st.latency_mean_us,
         "latency_max_us", st.latency_max_us);
 }
 

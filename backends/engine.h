@@ -70,8 +70,8 @@ struct engine_req {
 struct engine_stats {
     uint64_t requests, data_units, bytes, errors, busy, backlog_high_water, completed,
         errors_injected, lost, nomem_injected, overruns, in_flight, backlog;
-    double engine_busy_s, engine_compute_cpu_s, engine_wait_cpu_s, latency_mean_us,
-        latency_max_us;
+    double engine_busy_s, engine_compute_cpu_s, engine_wait_cpu_s, engine_thread_cpu_s,
+        latency_mean_us, latency_max_us;
 };
 
 struct engine;

@@ -1,8 +1,10 @@
-"""The benchmark harness cannot rot: a quick run against the real peers writes its report, and
-an interrupted run leaves no mount and no daemon behind."""
+"""The benchmark harness cannot rot: a quick run against the real peers writes its report, a
+quick engine study maps where offload wins, and an interrupted run leaves no mount and no daemon
+behind."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,6 +41,50 @@ def test_quick_bench_reports_every_target(tmp_path):
     assert rows["qemu-storage-daemon"]["vs_qemu"] == 1.0
     assert rows["cryptfs native plane, cipher_null (no crypto)"]["vs_native_ceiling"] == 1.0
     assert all(r["median"] > 0 and r["cpu_per_gib"] > 0 for r in rows.values())
+    assert leftovers() == []
+
+
+def expected_verdict(engine: dict, cpu: dict) -> str:
+    """The map's rule, restated: at least the CPU's throughput; less host CPU per GiB."""
+    faster = engine["mib_s"] >= cpu["mib_s"]
+    cheaper = engine["host_cpu_s_per_gib"] < cpu["host_cpu_s_per_gib"]
+    return {(True, True): "both", (True, False): "throughput", (False, True): "host CPU",
+            (False, False): "neither"}[faster, cheaper]
+
+
+def test_quick_engine_study_maps_where_offload_wins(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "cryptfs", "bench", "engine", "--quick"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    report = result.stdout
+    assert "Plane: native (as `cryptfs status` reported" in report and "part 4: trio)" in report
+    runs = list((tmp_path / "bench-results").glob("engine-*.json"))
+    assert len(runs) == 1 and runs[0].with_suffix(".png").stat().st_size > 1000
+    data = json.loads(runs[0].read_text())
+    assert {label: plane for label, plane in data["planes"].items()
+            if plane != ("trio" if label.startswith("trio: ") else "native")} == {}
+    medians = data["medians"]
+    assert sorted(data["map"]) == sorted(["seq-read-4k", "seq-read-4k-libaio-qd16",
+                                          "seq-read-128k", "seq-read-128k-4jobs"])
+    for job, cells in data["map"].items():
+        assert sorted(cells) == sorted(f"engine {mbps} MB/s, {setup} µs"
+                                       for mbps in (250, 8000) for setup in (5, 100))
+        table = report.split(f"`{job}` — CPU path:")[1].split("\n\n")[1]
+        assert len(re.findall(r"· \*{0,2}(both|throughput|host CPU|neither)", table)) == 4
+        for label, cell in cells.items():
+            assert cell["verdict"] == expected_verdict(cell, medians[f"CPU (multidu) | {job}"])
+    fidelity = re.search(r"\*\*Fidelity (holds|fails)\.\*\* Fast engine \(8000 MB/s, 5 µs\)"
+                         r".*must win on both: (yes|no).*Slow engine \(250 MB/s, 100 µs\).*"
+                         r"must lose on throughput: (yes|no)", report)
+    assert fidelity, "no fidelity line"
+    fast, slow = ([data["map"][job][f"engine {cell}"]["verdict"]
+                   for job in ("seq-read-128k", "seq-read-128k-4jobs")]
+                  for cell in ("8000 MB/s, 5 µs", "250 MB/s, 100 µs"))
+    ok = (fast == ["both"] * 2, set(slow) <= {"host CPU", "neither"})
+    assert fidelity.groups() == ("holds" if all(ok) else "fails",
+                                 *("yes" if o else "no" for o in ok))
+    assert "| seq-write-4k-fsync | engine, native multi-DU |" in report
     assert leftovers() == []
 
 

@@ -98,16 +98,17 @@ def _parser() -> Parser:
                    choices=("peers", "multidu", "engine", "core", "nbd"),
                    help="peers (default): cryptfs vs qemu-storage-daemon vs a no-crypto "
                         "passthrough on one LUKS1 image; multidu: per-sector vs multi-DU on "
-                        "the same backend; engine: the simulated engine, native multi-DU "
-                        "on and off, and where offload beats the CPU; core: the native core "
-                        "against openssl speed; nbd: cryptfs serve vs qemu-storage-daemon's "
-                        "NBD export vs nbdkit's C LUKS filter and no-crypto ceilings, over "
-                        "fio's nbd engine")
+                        "the same backend; engine: the simulated engine on the native plane "
+                        "(one job per bio or per data unit; a break-even map of engine speed "
+                        "× setup against the CPU path; the same on the trio plane); core: the "
+                        "native core against openssl speed; nbd: cryptfs serve vs "
+                        "qemu-storage-daemon's NBD export vs nbdkit's C LUKS filter and "
+                        "no-crypto ceilings, over fio's nbd engine")
     p.add_argument("--runtime", type=float, default=None, metavar="S",
                    help="seconds per fio run (default 3 for peers and nbd, 5 otherwise)")
     p.add_argument("--reps", type=int, default=3, help="repetitions (medians are reported)")
     p.add_argument("--quick", action="store_true",
-                   help="peers, nbd: a short smoke run (2 jobs, few targets, 1 s, 1 "
+                   help="peers, nbd, engine: a short smoke run (few jobs or engines, 1 s, 1 "
                         "repetition)")
     p.add_argument("--sector-size", type=int, action="append", dest="sector_sizes",
                    metavar="BYTES", help="repeatable; default 512 and 4096")
@@ -423,10 +424,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     args.runtime = args.runtime or 5
     print(f"cryptfs bench {args.study} — {platform.node()}, {os.cpu_count()} CPUs\n")
     if args.study == "engine":
-        total = args.reps * len(engine.COMPARE_JOBS) * len(engine.compare_targets()) + \
-            len(engine.sweep_targets())
-        with run_bar(total, "bench") as bar:
-            print(engine.study(args.runtime, args.reps, progress=bar.update))
+        runtime, reps = (1, 1) if args.quick else (args.runtime, args.reps)
+        with run_bar(reps * engine.runs(args.quick), "bench") as bar:
+            print(engine.study(runtime, reps, args.quick, progress=bar.update))
         return 0
     sizes = tuple(args.sector_sizes or (512, 4096))
     total = len(sizes) * len(multidu.JOBS) * len(multidu.targets(512)) * args.reps

@@ -68,7 +68,7 @@ struct bio {
 };
 
 #define POOL_CLASSES 40
-#define POOL_KEEP 64
+#define POOL_KEEP 16         /* bios kept per size class for reuse */
 
 struct offload {
     struct offload_device dev;
