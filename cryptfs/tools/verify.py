@@ -11,7 +11,7 @@ import hashlib
 import os
 import random
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trio
 
@@ -28,9 +28,14 @@ LAYOUTS = ((512, False), (4096, False), (4096, True))      # (sector size, iv_la
 MODES = ("per_sector", "multi_du")
 
 
-def paths(backend_names: list[str]) -> list[tuple[str, str, dict]]:
-    """(label, backend, options) for every path of the named backends."""
-    return [(name, name, {}) for name in backend_names]
+def paths(backend_names: list[str]) -> list[tuple[str, str, str]]:
+    """(label, backend, plane) for every path of the named backends: the engine twice, its
+    Python model (the trio plane's) and its C model (``engine-c``, the native plane's)."""
+    out = []
+    for name in backend_names:
+        out += [("engine", name, "trio"), ("engine-c", name, "native")] if name == "engine" \
+            else [(name, name, "auto")]
+    return out
 SIZES = (1, 100, 511, 512, 1536, 4095, 4096, 4097, 65536, 131072, 131073, 262144)
 
 
@@ -42,7 +47,7 @@ class Run:
     backend: str            # the path's label
     mode: str
     name: str = ""          # the backend behind the label
-    options: dict = field(default_factory=dict)     # its [backend.<name>] options
+    plane: str = "auto"     # which plane's implementation of it
     path: str = ""          # what the converter chose, and why
     digest: str = ""
     reads_ok: bool = True
@@ -94,13 +99,15 @@ def run_one(run: Run, size: int, seed: int, workdir: str) -> Run:
                                  ("crypto", "key_file", key_path),
                                  ("crypto", "sector_size", run.sector_size),
                                  ("crypto", "iv_large_sectors", run.large),
-                                 ("pipeline", "mode", run.mode)):
+                                 ("pipeline", "mode", run.mode),
+                                 ("pipeline", "plane", run.plane)):
         config.set(section, name, value)
     name = run.name or run.backend
     config.set("backend", "name", name)
     # Bytes are what is verified: an engine needs no simulated latency for that.
-    config.backend.options = {name: {"setup_us": 0.0, "per_unit_us": 0.0,
-                                     "throughput_mbps": 1e9} if name == "engine" else run.options}
+    if name == "engine":
+        config.backend.options = {name: {"setup_us": 0.0, "per_unit_us": 0.0,
+                                         "throughput_mbps": 1e9}}
     daemon = Daemon(assemble(image_path, config, KeySource(key_path)))
     run.path = daemon.stack.converter.reason
     try:
@@ -114,8 +121,8 @@ def run_one(run: Run, size: int, seed: int, workdir: str) -> Run:
 
 def verify(size: int, seed: int, backends: list[str], ciphers=CIPHERS, layouts=LAYOUTS,
            modes=MODES, progress=None) -> list[Run]:
-    runs = [Run(c, s, large, label, m, name, options) for c in ciphers for s, large in layouts
-            for label, name, options in paths(backends) for m in modes]
+    runs = [Run(c, s, large, label, m, name, plane) for c in ciphers for s, large in layouts
+            for label, name, plane in paths(backends) for m in modes]
     with tempfile.TemporaryDirectory(prefix="cryptfs-verify-") as workdir:
         for run in runs:
             run_one(run, size, seed, workdir)
