@@ -89,9 +89,10 @@ class PipelineSection:
                                     "many, and a large bio (multidu's split_bytes) is split over "
                                     "this many; 0 is one per CPU",
                                  between(0, 256))
-    plane: str = option("auto", "data plane: native (libfuse in C, every core; backends with a C "
-                        "implementation, inline), trio (pyfuse3 + trio, every backend and "
-                        "placement) or auto (native where it can serve)",
+    plane: str = option("auto", "data plane: native (libfuse in C, every core; multidu inline, "
+                        "the engine's C model asynchronously), trio (pyfuse3 + trio, every "
+                        "backend and placement; the engine's Python model) or auto (native "
+                        "where it can serve)",
                         choice("auto", "native", "trio"))
     fuse_tasks: int = option(64, "trio plane: concurrent FUSE requests the daemon serves",
                              between(1, 4096))
