@@ -370,8 +370,8 @@ static PyObject *Engine_crypt(Engine *self, PyObject *args)
     c->err = 0;
     c->refs = 2;                /* the caller's, the engine's */
     int done, err;
+    engine_ref(e);              /* with the GIL: a concurrent close() cannot free it first */
     Py_BEGIN_ALLOW_THREADS
-    engine_ref(e);
     engine_submit(e, &c->req);
     struct timespec until;
     clock_gettime(CLOCK_MONOTONIC, &until);

@@ -118,7 +118,7 @@ static struct engine_req *pop(struct queue *q)
 {
     struct engine_req *r = q->head;
     if (r) {
-        q->head = r->next;
+        __atomic_store_n(&q->head, r->next, __ATOMIC_RELAXED);     /* read unlocked by a poller */
         if (!q->head)
             q->tail = NULL;
         q->n--;
@@ -146,6 +146,7 @@ static void restart(struct engine *e, struct engine_req *list)
         list = r->next;
         r->complete(r, ENGINE_RESTART);
         pthread_mutex_lock(&e->mu);
+        r->ring_ns = now_ns();
         push(&e->ring, r);
         pthread_cond_signal(&e->work);
         pthread_mutex_unlock(&e->mu);
@@ -212,8 +213,10 @@ static void run_job(struct channel *c, struct engine_req *r)
     int lost = uniform(&e->lost) < e->o.lost_rate;
     pthread_mutex_unlock(&e->mu);
 
-    uint64_t start = now_ns(), duration = duration_ns(e, r);
-    uint64_t done_at = (start > c->clock_ns ? start : c->clock_ns) + duration;
+    /* the job starts when it entered the ring or when the channel's last one ended: a
+     * channel's wake-up and a completion's host work are not the engine's time */
+    uint64_t duration = duration_ns(e, r);
+    uint64_t done_at = (r->ring_ns > c->clock_ns ? r->ring_ns : c->clock_ns) + duration;
     c->clock_ns = done_at;
     double compute = 0;
     if (!err) {
@@ -291,6 +294,8 @@ static void *channel_main(void *arg)
         }
         struct engine_req *r = pop(&e->ring);
         if (r) {
+            if (e->ring.head)
+                pthread_cond_signal(&e->work);  /* more queued: an idle channel takes it */
             pthread_mutex_unlock(&e->mu);
             run_job(c, r);
             ran = 1;
@@ -322,6 +327,7 @@ int engine_submit(struct engine *e, struct engine_req *r)
     int status = ENGINE_IN_PROGRESS;
     if (e->in_ring < e->o.queue_depth && !storm && !e->backlog.head) {
         e->in_ring++;
+        r->ring_ns = r->queued_ns;
         push(&e->ring, r);
     } else {
         push(&e->backlog, r);
@@ -412,7 +418,11 @@ struct engine *engine_new(struct core *core, const struct engine_options *o, cha
     e->lost.s = (uint64_t)(uniform(&seeds) * 0x1.0p53);
     e->nomem.s = (uint64_t)(uniform(&seeds) * 0x1.0p53);
     pthread_mutex_init(&e->mu, NULL);
-    pthread_cond_init(&e->work, NULL);
+    pthread_condattr_t attr;                    /* promote_at_ns is a CLOCK_MONOTONIC time */
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&e->work, &attr);
+    pthread_condattr_destroy(&attr);
     for (unsigned i = 0; i < o->channels; i++) {
         struct channel *c = &e->channels[i];
         c->e = e;

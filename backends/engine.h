@@ -12,8 +12,9 @@
  *   enters the ring - the submitter's signal to go on submitting - and later with its result.
  * - `channels` threads run jobs in ring order, each job costing setup_us + per_unit_us x units
  *   + bytes / throughput_mbps; without native_multi_du a request is one job per data unit,
- *   each paying the setup.  A channel keeps its own clock: jobs queued behind one another run
- *   back to back in simulated time, so a completion's host work does not slow the engine.
+ *   each paying the setup.  A channel keeps its own clock: a job starts when it entered the
+ *   ring or when the channel's previous job ended, whichever is later, so neither waking a
+ *   channel nor a completion's host work is the engine's time.
  * - Completions are called on the channel thread that ran the job, never on the submitter's,
  *   and never with the engine's lock held: a completion may submit again.
  * - Faults, each from its own seeded stream: error_rate (completion with -EIO), lost_rate (no
@@ -64,7 +65,7 @@ struct engine_req {
     void *owner;
     /* the engine's */
     struct engine_req *next;
-    uint64_t queued_ns;
+    uint64_t queued_ns, ring_ns;    /* submitted; entered the ring */
 };
 
 struct engine_stats {

@@ -1000,7 +1000,9 @@ static int Session_init(Session *self, PyObject *args, PyObject *kwds)
             .multi_du = multi_du, .core = &p->api, .locks = &p->locks,
         };
         if (!(p->offload = offload_new(&dev, engine, timeout))) {
+            int err = errno;
             plane_free(p);
+            errno = err;
             PyErr_SetFromErrno(PyExc_OSError);
             return -1;
         }

@@ -227,7 +227,9 @@ static void add_sub(struct bio *bio, const struct seg *s, size_t at, size_t len)
 }
 
 /* Submit from next_sub on until all are out or the engine is BUSY (then the request's
- * RESTART calls this again); end the pass if everything came back meanwhile. */
+ * RESTART calls this again); end the pass if everything came back meanwhile.  The caller
+ * took a reference for it, which it drops: a watchdog may end the pass and answer the bio
+ * while this thread is inside submit. */
 static void pump(struct bio *bio)
 {
     struct offload *o = bio->o;
@@ -257,6 +259,7 @@ static void pump(struct bio *bio)
     pthread_mutex_unlock(&bio->mu);
     if (end)
         end_pass(bio);
+    bio_put(bio);
 }
 
 static void completed(struct engine_req *r, int err)
@@ -274,6 +277,8 @@ static void completed(struct engine_req *r, int err)
         int go_on = bio->waiting;
         bio->waiting = 0;
         bio->restarted = bio->pumping;
+        if (go_on)
+            __atomic_add_fetch(&bio->refs, 1, __ATOMIC_RELAXED);     /* pump's */
         pthread_mutex_unlock(&bio->mu);
         if (go_on)
             pump(bio);
@@ -308,6 +313,7 @@ static void start_pass(struct bio *bio, int multi)
             add_sub(bio, s, at, multi ? s->len : ss);
     }
     bio->deadline_ns = now_ns() + o->timeout_ns;
+    __atomic_add_fetch(&bio->refs, 1, __ATOMIC_RELAXED);     /* pump's */
     pthread_mutex_unlock(&bio->mu);
     bump(o, OFF_CRYPTO_REQUESTS, bio->nreq);
     bump(o, OFF_DATA_UNITS, units);
@@ -538,19 +544,20 @@ static void *watchdog_main(void *arg)
         until.tv_nsec = (long)(ns % 1000000000u);
         pthread_cond_timedwait(&o->stop, &o->mu, &until);
         uint64_t now = now_ns();
-        for (struct bio *bio = o->inflight; bio && !o->stopping; bio = bio->next) {
+        struct bio *bio = o->inflight;
+        while (bio && !o->stopping) {
             /* a hint read without the bio's lock: abandon() decides under it */
             if (__atomic_load_n(&bio->deadline_ns, __ATOMIC_RELAXED) > now ||
-                __atomic_load_n(&bio->ending, __ATOMIC_RELAXED))
+                __atomic_load_n(&bio->ending, __ATOMIC_RELAXED)) {
+                bio = bio->next;
                 continue;
+            }
             __atomic_add_fetch(&bio->refs, 1, __ATOMIC_RELAXED);
             pthread_mutex_unlock(&o->mu);
             abandon(bio);
             bio_put(bio);
             pthread_mutex_lock(&o->mu);
             bio = o->inflight;      /* the list may have changed: start over */
-            if (!bio)
-                break;
         }
     }
     pthread_mutex_unlock(&o->mu);
