@@ -226,6 +226,16 @@ static void add_sub(struct bio *bio, const struct seg *s, size_t at, size_t len)
     };
 }
 
+/* Under bio->mu: whether the pass is over — every request submitted and back, nobody still
+ * submitting or waiting for a RESTART — and the caller is the one to end it (once). */
+static int take_end(struct bio *bio)
+{
+    int end = !bio->pumping && !bio->waiting && !bio->ending && bio->next_sub == bio->nreq &&
+              !bio->outstanding;
+    bio->ending |= end;
+    return end;
+}
+
 /* Submit from next_sub on until all are out or the engine is BUSY (then the request's
  * RESTART calls this again); end the pass if everything came back meanwhile.  The caller
  * took a reference for it, which it drops: a watchdog may end the pass and answer the bio
@@ -253,9 +263,7 @@ static void pump(struct bio *bio)
         }
     }
     bio->pumping = 0;
-    int end = !bio->waiting && !bio->ending && bio->next_sub == bio->nreq &&
-              !bio->outstanding;
-    bio->ending |= end;
+    int end = take_end(bio);
     pthread_mutex_unlock(&bio->mu);
     if (end)
         end_pass(bio);
@@ -288,9 +296,7 @@ static void completed(struct engine_req *r, int err)
     bio->outstanding--;
     bio->failed += err != 0;
     bio->nomem += err == -ENOMEM;
-    int end = !bio->pumping && !bio->waiting && !bio->ending &&
-              bio->next_sub == bio->nreq && !bio->outstanding;
-    bio->ending |= end;
+    int end = take_end(bio);
     pthread_mutex_unlock(&bio->mu);
     if (end)
         end_pass(bio);
